@@ -1,0 +1,30 @@
+"""Distributed LoRA training of Sa2VA with Ray Train + DeepSpeed ZeRO.
+
+    python jobs/train.py --config configs/demo.yaml [dotted.key=value ...]
+    ray job submit --working-dir . -- python jobs/train.py --config configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sa2va_ray.cli import command_line, init_ray, parse_job_args  # noqa: E402
+from sa2va_ray.config import save_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
+    save_config(cfg, command=command_line())
+    init_ray()
+    from sa2va_ray.train.driver import run_training_driver
+
+    outcome = run_training_driver(cfg)
+    print(f"[train] done: model in {outcome.model_dir}, checkpoint {outcome.checkpoint}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Typed configuration: one schema for every job, YAML files plus dotted ``key=value`` overrides.
+
+Every job (`jobs/*.py`) calls :func:`load_config`. An unknown key or a value of the wrong type is a
+:class:`ConfigError` raised before any work starts; the resolved config is written to
+``output_dir/config.yaml`` by :func:`save_config`.
+
+Example::
+
+    cfg = load_config("configs/demo.yaml", ["train.max_steps=20", "scaling.num_workers=2"])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Procedural synthetic angiography set, made on first use when ``enabled``."""
+
+    enabled: bool = False  # make the set under `out` when data.annotations does not exist
+    out: str = "data/synthetic"  # directory: out/images/*.jpg + out/annotations.json
+    patients: int = 12  # patients (each its own vessel tree)
+    frames: int = 6  # frames per patient
+    size: int = 256  # image side in pixels
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patients < 2 or self.frames < 1 or self.size < 32:
+            raise ConfigError("data.synthetic needs patients >= 2, frames >= 1, size >= 32")
+
+
+@dataclass
+class DataConfig:
+    """Where the records are and how they are split."""
+
+    annotations: str = ""  # official-format annotations.json (training records, or all records to split)
+    val_annotations: str = ""  # validation records; empty: split `annotations` by patient
+    images_dir: str = ""  # directory holding the image files named in the annotations
+    val_fraction: float = 0.25  # fraction of patients held out when splitting
+    split_seed: int = 0
+    group_regex: str = ""  # regex whose first group is the patient id; empty: the built-in default
+    strict: bool = False  # any invalid record fails the job before work starts
+    pseudonymise: bool = False  # replace patient names/ids with salted hashes in every output
+    salt: str = "sa2va-ray"  # salt for pseudonymisation (change it per project)
+    deterministic: bool = False  # Ray Data keeps row order, so the same seed sees the same batches (slower)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ModelConfig:
+    """Which Sa2VA to build or load."""
+
+    path: str = ""  # model directory or training checkpoint; empty: build from `preset`
+    preset: str = "tiny"  # tiny | internvl_sam2 (native InternVL3 dir + Meta SAM2 ckpt) | official (Sa2VA HF dir)
+    internvl_path: str = ""  # native InternVL3 directory (preset internvl_sam2)
+    sam2_checkpoint: str = ""  # Meta SAM2 checkpoint, e.g. sam2.1_hiera_large.pt (preset internvl_sam2)
+    sam2_config: str = "sam2.1_hiera_l"  # SAM2 architecture preset or config YAML path
+    official_path: str = ""  # official Sa2VA HF checkpoint directory (preset official)
+    seed: int = 0  # init seed of freshly built modules
+    max_tiles: int = 1  # InternVL dynamic tiles per image
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in {"tiny", "internvl_sam2", "official"}:
+            raise ConfigError(f"model.preset must be tiny, internvl_sam2 or official, got {self.preset!r}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on every Linear of the LLM (not lm_head) and which other modules train in full."""
+
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    train_embeddings: bool = True  # embed_tokens and lm_head in full (the new special tokens)
+    train_projector: bool = True  # mlp1
+    train_text_fcs: bool = True  # text_hidden_fcs
+    train_mask_decoder: bool = True  # SAM2 mask decoder
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("lora needs r >= 1, alpha > 0, 0 <= dropout < 1")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (official Sa2VA defaults) and the point-sampled mask loss."""
+
+    mask_weight: float = 2.0  # sigmoid BCE on mask logits
+    dice_weight: float = 0.5
+    lm_weight: float = 1.0  # language-model cross-entropy on the answer
+    num_points: int = 0  # importance-sampled points for the mask losses; 0: every low-res pixel
+
+    def __post_init__(self) -> None:
+        if min(self.mask_weight, self.dice_weight, self.lm_weight) < 0:
+            raise ConfigError("loss weights must be >= 0")
+
+
+@dataclass
+class HealthConfig:
+    """Training health monitor (the seeds' 'weights stopped changing' failure)."""
+
+    min_update_ratio: float = 1e-7  # ||dθ||/||θ|| below this counts as 'not changing'
+    patience: int = 20  # consecutive such steps before warning
+    fail_on_unchanged: bool = True  # fail the job when final trainable weights equal the initial ones
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (shared by train and tune)."""
+
+    max_steps: int = 100  # optimizer steps; the loop stops at max_steps or after `epochs`
+    epochs: int = 1000
+    micro_batch_size: int = 2  # samples per worker per forward
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    clip_grad: float = 1.0
+    seed: int = 0
+    val_every: int = 50  # steps between validations (and checkpoints); 0: only at the end
+    val_max_samples: int = 0  # 0: the whole validation split
+    checkpoint_every: int = 0  # 0: same as val_every
+    num_to_keep: int = 2
+    log_every: int = 5
+    export_best: bool = True  # write the best-by-val/dice model to output_dir/model (else the final one)
+    fail_at_step: int = 0  # fault drill: the last rank dies once at this step (tests FailureConfig recovery)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.max_steps, train.micro_batch_size and train.grad_accum must be >= 1")
+        if self.lr < 0:
+            raise ConfigError("train.lr must be >= 0")
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train scaling: going to GPUs changes only `use_gpu` (and the precision)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when use_gpu
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    max_failures: int = 1  # worker failures Ray Train recovers from (from the last checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError("scaling.num_workers must be >= 1")
+        if self.placement_strategy not in {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"}:
+            raise ConfigError(f"scaling.placement_strategy: unknown {self.placement_strategy!r}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """What the generated DeepSpeed JSON says."""
+
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 on RTX 3090)
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU
+    offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    reduce_bucket_size: int = 0  # elements per gradient bucket; 0: DeepSpeed's default (5e8; 2e8 saves ~1 GiB)
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0..3, got {self.zero_stage}")
+        if self.precision not in {"fp32", "bf16", "fp16"}:
+            raise ConfigError(f"deepspeed.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("deepspeed.offload_params needs zero_stage=3")
+
+
+@dataclass
+class EvalConfig:
+    """Ray Data batch evaluation."""
+
+    batch_size: int = 8  # images per predictor call
+    num_actors: int = 2  # predictor actors (one GPU each when scaling.use_gpu)
+    mode: str = "teacher_forced"  # teacher_forced | generate
+    vessel_metrics: bool = True  # clDice, HD95, Betti errors
+    num_overlays: int = 4  # worst, best and random overlays each
+    n_boot: int = 1000  # bootstrap resamples for confidence intervals
+    strict: bool = False  # any failed sample fails the job
+
+    def __post_init__(self) -> None:
+        if self.mode not in {"teacher_forced", "generate"}:
+            raise ConfigError(f"eval.mode must be teacher_forced or generate, got {self.mode!r}")
+        if self.batch_size < 1 or self.num_actors < 1:
+            raise ConfigError("eval.batch_size and eval.num_actors must be >= 1")
+
+
+@dataclass
+class TuneConfig:
+    """Ray Tune sweep over loss weights (and optionally lr / LoRA rank)."""
+
+    search: str = "random"  # grid | random | optuna
+    num_samples: int = 4  # trials (random/optuna) or repeats of the grid
+    metric: str = "val/dice"
+    mode: str = "max"
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {type: loguniform|uniform|choice|grid, ...}
+    grace_period: int = 1  # ASHA: validations before a trial may be stopped
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 0  # 0: derived from cluster resources and per-trial scaling
+    export_best: bool = True
+
+    def __post_init__(self) -> None:
+        if self.search not in {"grid", "random", "optuna"}:
+            raise ConfigError(f"tune.search must be grid, random or optuna, got {self.search!r}")
+        if self.mode not in {"max", "min"}:
+            raise ConfigError("tune.mode must be max or min")
+
+
+@dataclass
+class CompareConfig:
+    """Paired comparison of two evaluations (eval dirs) or two models on one data set."""
+
+    a: str = ""  # eval directory (with samples.parquet) or model path
+    b: str = ""
+    tolerance: float = 1e-6  # |difference| below this counts as a tie
+
+
+@dataclass
+class ExportConfig:
+    """Export of a training checkpoint to a Hugging Face model directory."""
+
+    checkpoint: str = ""  # training checkpoint directory; empty: model.path
+    out: str = ""  # output directory; empty: output_dir/model
+    adapter: bool = False  # also write the LoRA adapter alone in PEFT layout
+    source: str = "auto"  # trained tensors from: auto | safetensors | deepspeed (the shards alone)
+
+    def __post_init__(self) -> None:
+        if self.source not in {"auto", "safetensors", "deepspeed"}:
+            raise ConfigError(f"export.source must be auto, safetensors or deepspeed, got {self.source!r}")
+
+
+@dataclass
+class Config:
+    """Root of every job's configuration."""
+
+    output_dir: str = "outputs/run"
+    run_name: str = ""  # empty: the output_dir's name; re-running the same name resumes
+    storage_path: str = ""  # Ray Train/Tune storage (shared path on a cluster); empty: output_dir/ray
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def name(self) -> str:
+        """The run name (resumes when reused)."""
+        return self.run_name or Path(self.output_dir).name
+
+    def resolve_paths(self, base: str | os.PathLike | None = None) -> Config:
+        """Make every local path absolute (Ray workers run in other directories); URIs are left alone."""
+        root = Path(base or os.getcwd())
+
+        def fix(p: str) -> str:
+            return p if not p or "://" in p or os.path.isabs(p) else str((root / p).resolve())
+
+        self.output_dir = fix(self.output_dir)
+        self.storage_path = fix(self.storage_path)
+        d, m = self.data, self.model
+        d.annotations, d.val_annotations, d.images_dir = fix(d.annotations), fix(d.val_annotations), fix(d.images_dir)
+        d.synthetic.out = fix(d.synthetic.out)
+        m.path, m.internvl_path, m.sam2_checkpoint = fix(m.path), fix(m.internvl_path), fix(m.sam2_checkpoint)
+        m.official_path = fix(m.official_path)
+        if m.sam2_config.endswith((".yaml", ".yml")):
+            m.sam2_config = fix(m.sam2_config)
+        self.compare.a, self.compare.b = fix(self.compare.a), fix(self.compare.b)
+        self.export.checkpoint, self.export.out = fix(self.export.checkpoint), fix(self.export.out)
+        return self
+
+    @property
+    def storage(self) -> str:
+        """Absolute Ray storage path."""
+        if self.storage_path:
+            return self.storage_path if "://" in self.storage_path else os.path.abspath(self.storage_path)
+        return os.path.abspath(os.path.join(self.output_dir, "ray"))
+
+
+def _build(base: DictConfig, overrides: list[str]) -> Config:
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)  # runs every __post_init__ check
+    except OmegaConfBaseException as e:  # unknown key, wrong type
+        raise ConfigError(str(e).splitlines()[0] + _where(e)) from None
+
+
+def _where(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    return f" (key: {key})" if key else ""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config onto the schema and apply dotted overrides.
+
+    Args:
+        path: YAML file, or None for the schema defaults.
+        overrides: ``["train.max_steps=5", ...]``; values are parsed as YAML scalars.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: missing file, unknown key, wrong type or a failed check.
+    """
+    schema = OmegaConf.structured(Config)
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            schema = OmegaConf.merge(schema, OmegaConf.load(path))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {str(e).splitlines()[0]}{_where(e)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+    return _build(schema, list(overrides))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain containers (for Ray, Tune and YAML)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild (and re-validate) a config from :func:`config_to_dict` output."""
+    return _build(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d)), [])
+
+
+def save_config(cfg: Config, path: str | os.PathLike | None = None, command: str | None = None) -> Path:
+    """Write the resolved config as YAML (default ``output_dir/config.yaml``), opening with its command."""
+    out = Path(path) if path else Path(cfg.output_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head = f"# {command}\n" if command else ""
+    out.write_text(head + OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return out
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted-key overrides given as a dict (used by sweeps)."""
+    base = OmegaConf.structured(cfg)
+    for key, value in overrides.items():
+        try:
+            OmegaConf.update(base, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    return _build(base, [])

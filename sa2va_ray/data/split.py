@@ -1,0 +1,189 @@
+"""Patient-level train/validation split.
+
+Frames of one patient are near-duplicates, so a random frame split leaks. The group (patient) of a record is
+parsed from its image file name with a regular expression; the default fits
+``An_Cong_Xue(0000932433)_1-3_1_051C3E6A_frame_000011.jpg`` (name, then the patient id in parentheses).
+The group is the regex's named group ``id`` when it has one, otherwise its captured groups joined by ``|``,
+otherwise the whole match. Names that do not match become their own group (one per file name), with a warning.
+Groups are shuffled with the seed and added to validation until it holds about ``val_fraction`` of the records.
+
+Command line::
+
+    python -m sa2va_ray.data.split --annotations FILE --out DIR --val-fraction F --seed N [--group-regex R]
+
+writes ``DIR/train.json`` and ``DIR/val.json`` (records copied unchanged, original order) and prints the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sa2va_ray.data.annotations import AnnotationFileError, load_annotation_list
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GROUP_REGEX = r"(?P<name>[^/\\()]*?)\s*\((?P<id>\d+)\)"
+"""Patient name (without path separators or parentheses) followed by the patient id in parentheses."""
+
+
+def _compile(regex: str | re.Pattern[str]) -> re.Pattern[str]:
+    return regex if isinstance(regex, re.Pattern) else re.compile(regex)
+
+
+def group_of_match(m: re.Match[str]) -> str:
+    """Returns the group id of a regex match: named group ``id``, else the captured groups, else the match."""
+    if "id" in m.re.groupindex and m.group("id") is not None:
+        return m.group("id")
+    groups = [g for g in m.groups() if g is not None]
+    return "|".join(groups) if groups else m.group(0)
+
+
+def parse_group(file_name: str, regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX) -> str | None:
+    """Returns the patient/group id parsed from a file name, or None when the name does not match."""
+    m = _compile(regex).search(file_name)
+    return group_of_match(m) if m else None
+
+
+def group_id(file_name: str, regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX) -> str:
+    """Returns the split group of a file name: the parsed patient id, or the file name itself when unmatched.
+
+    Args:
+        file_name: Image file name, e.g. ``Name(0000932433)_1-3_1_051C3E6A_frame_000011.jpg``.
+        regex: Pattern with a named group ``id`` (or other capture groups); searched, not anchored.
+
+    Returns:
+        ``"0000932433"`` for the example above; ``file_name`` when it does not match.
+    """
+    g = parse_group(file_name, regex)
+    return file_name if g is None else g
+
+
+@dataclass
+class SplitResult:
+    """Outcome of :func:`split_records`: records (unchanged, original order) and groups per split."""
+
+    train: list[Any] = field(default_factory=list)
+    val: list[Any] = field(default_factory=list)
+    train_groups: set[str] = field(default_factory=set)
+    val_groups: set[str] = field(default_factory=set)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def split_records(
+    records: list[Any],
+    val_fraction: float,
+    seed: int,
+    regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX,
+) -> SplitResult:
+    """Splits raw records by patient so that no group is in both splits; deterministic for a seed.
+
+    Args:
+        records: Raw annotation records (any JSON values; those without an image name are their own group).
+        val_fraction: Target fraction of records in validation, in ``[0, 1)``.
+        seed: Shuffling seed.
+        regex: Group pattern (see :func:`group_id`).
+
+    Returns:
+        The split; at least one group goes to validation when ``val_fraction > 0`` and there are two groups.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    pattern = _compile(regex)
+    members: dict[str, list[int]] = defaultdict(list)
+    unmatched: list[str] = []
+    for i, rec in enumerate(records):
+        image = rec.get("image") if isinstance(rec, dict) else None
+        if not isinstance(image, str):
+            gid = f"record:{i}"
+            unmatched.append(f"record {i} (no image name)")
+        else:
+            g = parse_group(image, pattern)
+            if g is None:
+                gid = f"file:{image}"
+                if len(members[gid]) == 0:
+                    unmatched.append(image)
+            else:
+                gid = f"group:{g}"
+        members[gid].append(i)
+    if unmatched:
+        logger.warning(
+            "%d file name(s) do not match the group regex %r and are their own group, e.g. %s",
+            len(unmatched),
+            pattern.pattern,
+            ", ".join(unmatched[:3]),
+        )
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    target = val_fraction * len(records)
+    val_groups: list[str] = []
+    count = 0
+    for gid in order:
+        size = len(members[gid])
+        if abs(count + size - target) < abs(count - target):
+            val_groups.append(gid)
+            count += size
+    if val_fraction > 0 and not val_groups and len(order) >= 2:
+        val_groups.append(min(order, key=lambda g: len(members[g])))
+    if len(val_groups) == len(order) and order:
+        val_groups.pop()  # keep training non-empty
+    if val_fraction > 0 and not val_groups:
+        logger.warning("only %d group(s): the validation split is empty", len(order))
+    val_set = set(val_groups)
+    val_idx = sorted(i for g in val_set for i in members[g])
+    val_lookup = set(val_idx)
+
+    def strip(g: str) -> str:
+        return g.split(":", 1)[1]
+
+    return SplitResult(
+        train=[r for i, r in enumerate(records) if i not in val_lookup],
+        val=[records[i] for i in val_idx],
+        train_groups={strip(g) for g in members if g not in val_set},
+        val_groups={strip(g) for g in val_set},
+        unmatched=unmatched,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.split", description=__doc__.split("\n")[0])
+    ap.add_argument("--annotations", required=True, help="annotations.json to split")
+    ap.add_argument("--out", required=True, help="output directory for train.json and val.json")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--group-regex", default=DEFAULT_GROUP_REGEX, help="regex with a named group 'id'")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        records = load_annotation_list(args.annotations)
+        regex = re.compile(args.group_regex)
+        result = split_records(records, args.val_fraction, args.seed, regex)
+    except (AnnotationFileError, ValueError, re.error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, recs in (("train", result.train), ("val", result.val)):
+        with (out / f"{name}.json").open("w", encoding="utf-8") as f:
+            json.dump(recs, f, ensure_ascii=False)
+    print(f"split of {args.annotations}: val fraction {args.val_fraction}, seed {args.seed}")
+    print(f"{'split':<6} {'records':>8} {'patients':>9}")
+    print(f"{'train':<6} {len(result.train):>8} {len(result.train_groups):>9}")
+    print(f"{'val':<6} {len(result.val):>8} {len(result.val_groups):>9}")
+    if result.unmatched:
+        print(f"{len(result.unmatched)} file name(s) did not match the group regex (each is its own group)")
+    print(f"written {out / 'train.json'} and {out / 'val.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Validation of an annotations file against its images, with a precise per-record report.
+
+Every problem gets its own code (see :data:`sa2va_ray.data.annotations.PROBLEM_CODES`) and never raises:
+``invalid_record``, ``missing_image``, ``unreadable_image`` (including truncated files), ``image_too_large``
+(decompression bombs, refused from the header), ``bad_polygon``, ``bad_coordinates``, ``out_of_bounds``
+(a coordinate more than ``oob_tolerance`` -- 10% -- of the image size beyond its border; closer points are
+simply clipped), ``empty_mask`` (rasterises to zero pixels), ``empty_text``, ``count_mismatch`` and
+``duplicate_record`` (same image, texts and masks as an earlier record, which is kept).
+A record may have several problems; all are listed. Records with any problem are excluded and counted.
+
+Each distinct image is probed once (records often share images): JPEGs are decoded at 1/8 scale, which still
+reads the whole stream and so detects truncation, other formats are decoded once; pixels are not kept.
+
+Command line::
+
+    python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json]
+
+exits 0, or 1 with ``--strict`` when any record has a problem (2 when the annotations file itself is unusable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import ImageFile
+
+from sa2va_ray.data.annotations import (
+    DEFAULT_MAX_PIXELS,
+    PROBLEM_CODES,
+    AnnotationFileError,
+    ImageTooLargeError,
+    Problem,
+    Sample,
+    load_annotation_list,
+    open_image_header,
+    parse_record,
+    rasterize_polygons,
+    record_digest,
+    record_key,
+)
+from sa2va_ray.data.pseudonymise import pseudonymise_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OOB_TOLERANCE = 0.1
+"""Coordinates further than this fraction of the image size beyond the border are ``out_of_bounds``."""
+
+
+class DataValidationError(ValueError):
+    """Strict validation found problems; ``report`` holds all of them and the message lists them all."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        lines = [f"{len(report.problems)} problem(s) in {report.invalid} of {report.records} record(s):"]
+        lines += [f"  record {p.index} [{p.image}] {p.problem}: {p.message}" for p in report.problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ImageInfo:
+    """Result of probing one image file: its size, or the problem that prevents using it."""
+
+    width: int = 0
+    height: int = 0
+    problem: str = ""
+    message: str = ""
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of :func:`validate_annotations`.
+
+    Attributes:
+        records: Number of records in the file.
+        samples: The valid records, parsed (policy applied), in file order.
+        problems: Every problem of every record, in file order.
+    """
+
+    records: int
+    samples: list[Sample]
+    problems: list[Problem]
+
+    @property
+    def valid(self) -> int:
+        """Number of records without any problem."""
+        return len(self.samples)
+
+    @property
+    def invalid(self) -> int:
+        """Number of records with at least one problem (excluded)."""
+        return self.records - self.valid
+
+    def counts(self) -> dict[str, int]:
+        """Returns the number of problems per problem code (codes without problems omitted)."""
+        c = Counter(p.problem for p in self.problems)
+        return {code: c[code] for code in PROBLEM_CODES if c[code]}
+
+    def to_dict(self, salt: str | None = None) -> dict[str, Any]:
+        """Returns the JSON report ``{"records", "valid", "problems": [{"index", "image", "problem", "message"}]}``.
+
+        Args:
+            salt: When given, patient names/ids in image names and messages are replaced by salted hashes.
+        """
+        return {
+            "records": self.records,
+            "valid": self.valid,
+            "problems": [_pseudonymise_problem(p, salt).to_dict() for p in self.problems],
+        }
+
+    def format(self, max_problems: int = 20, salt: str | None = None) -> str:
+        """Returns a readable report: totals, counts per problem code and the first ``max_problems`` problems."""
+        lines = [
+            f"records: {self.records}   valid: {self.valid}   excluded: {self.invalid}   problems: {len(self.problems)}"
+        ]
+        if self.problems:
+            lines.append("problems per code:")
+            lines += [f"  {code:<17} {n}" for code, n in self.counts().items()]
+            shown = self.problems[:max_problems]
+            lines.append(f"first {len(shown)} of {len(self.problems)} problem(s):")
+            for p in shown:
+                p = _pseudonymise_problem(p, salt)
+                lines.append(f"  record {p.index:>5}  {p.image or '<no image>'}  {p.problem}: {p.message}")
+        return "\n".join(lines)
+
+
+def _pseudonymise_problem(p: Problem, salt: str | None) -> Problem:
+    if not salt or not p.image:
+        return p
+    alias = pseudonymise_name(p.image, salt)
+    return Problem(p.index, alias, p.problem, p.message.replace(p.image, alias))
+
+
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Checks that an image exists, is not a decompression bomb and decodes completely; never raises.
+
+    Args:
+        path: Image file.
+        max_pixels: Largest allowed ``width * height``.
+
+    Returns:
+        The image size, or a problem code and message.
+    """
+    if not path.is_file():
+        return ImageInfo(problem="missing_image", message=f"image file not found: {path}")
+    try:
+        im = open_image_header(path, max_pixels)
+    except ImageTooLargeError as e:
+        return ImageInfo(problem="image_too_large", message=str(e))
+    except Exception as e:  # noqa: BLE001 -- any decoder error means "unreadable", never a crash
+        return ImageInfo(problem="unreadable_image", message=f"cannot open image: {type(e).__name__}: {e}")
+    with im:
+        width, height = im.size
+        lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False  # truncation must raise
+        try:
+            if im.format == "JPEG":
+                # Decoding at 1/8 scale still consumes the whole stream, so truncation is detected cheaply.
+                im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+            im.load()
+        except Exception as e:  # noqa: BLE001
+            return ImageInfo(width, height, "unreadable_image", f"cannot decode image: {type(e).__name__}: {e}")
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    if width < 1 or height < 1:
+        return ImageInfo(width, height, "unreadable_image", f"image has size {width}x{height}")
+    return ImageInfo(width, height)
+
+
+def _check_geometry(sample: Sample, info: ImageInfo, tolerance: float) -> list[Problem]:
+    """Out-of-bounds and empty-mask checks of a parsed sample against its image size."""
+    out = []
+    w, h = info.width, info.height
+    for ti, polys in enumerate(sample.masks):
+        label = f"mask of text {ti} ({sample.texts[ti]!r})"
+        xy = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polys])
+        far = (
+            (xy[:, 0] < -tolerance * w)
+            | (xy[:, 0] > (1 + tolerance) * w)
+            | (xy[:, 1] < -tolerance * h)
+            | (xy[:, 1] > (1 + tolerance) * h)
+        )
+        if far.any():
+            x, y = xy[far][0]
+            out.append(
+                Problem(
+                    sample.index,
+                    sample.image,
+                    "out_of_bounds",
+                    f"{label}: {int(far.sum())} point(s) more than {tolerance:.0%} outside the {w}x{h} image, "
+                    f"e.g. ({x:g}, {y:g})",
+                )
+            )
+        if not rasterize_polygons(polys, h, w).any():
+            out.append(
+                Problem(sample.index, sample.image, "empty_mask", f"{label} covers no pixel of the {w}x{h} image")
+            )
+    return out
+
+
+def validate_annotations(
+    annotations: str | Path | list[Any],
+    images_dir: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    oob_tolerance: float = DEFAULT_OOB_TOLERANCE,
+) -> ValidationReport:
+    """Validates every record of an annotations file against its images; never raises for bad records.
+
+    Args:
+        annotations: Path of ``annotations.json``, or the already loaded list of raw records.
+        images_dir: Directory the ``image`` names are relative to.
+        max_pixels: Images with more pixels are ``image_too_large`` (checked from the header).
+        oob_tolerance: Fraction of the image size beyond the border that still counts as "slightly outside".
+
+    Returns:
+        The report with the valid samples and all problems.
+
+    Raises:
+        AnnotationFileError: If the file itself is unusable (missing, not JSON, not a list).
+    """
+    records = annotations if isinstance(annotations, list) else load_annotation_list(annotations)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        logger.warning("images directory %s does not exist; every record will be missing_image", images_dir)
+    infos: dict[str, ImageInfo] = {}
+    seen: dict[str, list[int]] = {}
+    samples: list[Sample] = []
+    problems: list[Problem] = []
+    keys: dict[int, str] = {}
+
+    def _find_duplicate(i: int, rec: dict[str, Any], seen: dict[str, list[int]]) -> int | None:
+        # Full canonical JSON only when the cheap digest collides: dumping every polygon is the slow part.
+        earlier = seen.setdefault(record_digest(rec), [])
+        if earlier:
+            keys[i] = record_key(rec)
+            for j in earlier:
+                if keys.setdefault(j, record_key(records[j])) == keys[i]:
+                    return j
+        earlier.append(i)
+        return None
+
+    for i, rec in enumerate(records):
+        sample, probs = parse_record(i, rec)
+        image = rec.get("image") if isinstance(rec, dict) else None
+        if isinstance(rec, dict):
+            dup = _find_duplicate(i, rec, seen)
+            if dup is not None:
+                name = image if isinstance(image, str) else ""
+                probs.append(Problem(i, name, "duplicate_record", f"same image, texts and masks as record {dup}"))
+        if isinstance(image, str) and image.strip():
+            if image not in infos:
+                infos[image] = probe_image(images_dir / image, max_pixels)
+            info = infos[image]
+            if info.problem:
+                probs.append(Problem(i, image, info.problem, info.message))
+            elif sample is not None:
+                probs.extend(_check_geometry(sample, info, oob_tolerance))
+        problems.extend(probs)
+        if not probs and sample is not None:
+            samples.append(sample)
+    return ValidationReport(records=len(records), samples=samples, problems=problems)
+
+
+def load_valid_samples(
+    annotations: str | Path | list[Any],
+    images_dir: str | Path,
+    strict: bool = False,
+    **kwargs: Any,
+) -> tuple[list[Sample], ValidationReport]:
+    """Validates and returns the usable samples; what jobs call before any work starts.
+
+    Args:
+        annotations: Path of ``annotations.json`` or the list of raw records.
+        images_dir: Directory of the images.
+        strict: Raise when any record has a problem instead of excluding it.
+        **kwargs: Passed to :func:`validate_annotations` (``max_pixels``, ``oob_tolerance``).
+
+    Returns:
+        ``(samples, report)``.
+
+    Raises:
+        DataValidationError: In strict mode when any problem exists; its message lists all problems.
+        AnnotationFileError: If the file itself is unusable.
+    """
+    report = validate_annotations(annotations, images_dir, **kwargs)
+    if report.problems:
+        if strict:
+            raise DataValidationError(report)
+        counts = ", ".join(f"{k}={v}" for k, v in report.counts().items())
+        logger.warning(
+            "%d of %d records excluded by validation (%s); first: record %d %s",
+            report.invalid,
+            report.records,
+            counts,
+            report.problems[0].index,
+            report.problems[0].message,
+        )
+    return report.samples, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.validate", description=__doc__.split("\n")[0])
+    ap.add_argument("--annotations", required=True, help="annotations.json in the official Sa2VA format")
+    ap.add_argument("--images", required=True, help="directory the image names are relative to")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when any record has a problem")
+    ap.add_argument("--report", help="write the JSON report here")
+    ap.add_argument("--max-problems", type=int, default=20, help="problems listed in the printed report")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
+    ap.add_argument("--oob-tolerance", type=float, default=DEFAULT_OOB_TOLERANCE)
+    ap.add_argument("--pseudonymise", metavar="SALT", help="replace patient names/ids by salted hashes in outputs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = validate_annotations(
+            args.annotations, args.images, max_pixels=args.max_pixels, oob_tolerance=args.oob_tolerance
+        )
+    except AnnotationFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"validation of {args.annotations} against {args.images}")
+    print(report.format(args.max_problems, salt=args.pseudonymise))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report.to_dict(salt=args.pseudonymise), indent=2) + "\n")
+        print(f"report written to {args.report}")
+    if args.strict and report.problems:
+        print(f"strict: {report.invalid} record(s) have problems", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`make demo`: the whole pipeline on the embedded default (tiny Sa2VA, synthetic angiography, CPU workers).
+
+    python -m sa2va_ray.demo --config configs/demo.yaml [dotted.key=value ...]
+
+Synthetic data -> validation report -> patient split -> distributed training (Ray Train + DeepSpeed ZeRO-2)
+-> verified export -> Ray Data evaluation of the untrained and the trained model -> summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+from sa2va_ray.cli import command_line, init_ray, setup_logging
+from sa2va_ray.config import ConfigError, load_config, save_config
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides).resolve_paths()
+    except ConfigError as e:
+        ap.exit(2, f"config error: {e}\n")
+    setup_logging()
+    t0 = time.perf_counter()
+    save_config(cfg, command=command_line())
+
+    from sa2va_ray.data.validate import validate_annotations
+    from sa2va_ray.datasets import ensure_data, prepare_splits
+
+    _banner("1/5 synthetic angiography set")
+    ensure_data(cfg)
+    print(f"annotations: {cfg.data.annotations}\nimages:      {cfg.data.images_dir}")
+    _banner("2/5 validation")
+    print(validate_annotations(cfg.data.annotations, cfg.data.images_dir).format(), flush=True)
+    _banner("3/5 patient-level split")
+    splits = prepare_splits(cfg)
+    print(splits.summary() + f"\nsplit files: {Path(cfg.output_dir) / 'split'}", flush=True)
+
+    init_ray()
+    _banner("4/5 distributed training (Ray Train + DeepSpeed)")
+    from sa2va_ray.train.driver import run_training_driver
+
+    outcome = run_training_driver(cfg)
+    print(f"model: {outcome.model_dir}\ncheckpoint: {outcome.checkpoint}", flush=True)
+
+    _banner("5/5 evaluation (Ray Data) of the untrained and the trained model")
+    from sa2va_ray.evaluate.pipeline import run_evaluation
+
+    base = copy.deepcopy(cfg)
+    base.model.path = ""  # the same tiny model, untrained (built from the config)
+    untrained = run_evaluation(base, out_dir=Path(cfg.output_dir) / "eval_untrained").summary
+    cfg.model.path = outcome.model_dir
+    trained = run_evaluation(cfg, out_dir=Path(cfg.output_dir) / "eval").summary
+    from sa2va_ray.evaluate.report import format_metric_table
+
+    print(format_metric_table(trained), flush=True)
+    d0 = untrained["metrics"]["dice"]["mean"]
+    d1 = trained["metrics"]["dice"]["mean"]
+    _banner("result")
+    print(f"validation Dice, untrained tiny Sa2VA: {d0:.4f}")
+    print(f"validation Dice, trained tiny Sa2VA:   {d1:.4f}   "
+          f"(95% CI {trained['metrics']['dice']['ci_low']:.4f}..{trained['metrics']['dice']['ci_high']:.4f}, "
+          f"{trained['n_ok']} samples)")
+    print(f"tables and overlays: {Path(cfg.output_dir) / 'eval'}  |  model: {outcome.model_dir}")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

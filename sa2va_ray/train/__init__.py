@@ -1,0 +1,1 @@
+"""sa2va_ray.train."""

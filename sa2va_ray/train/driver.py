@@ -1,0 +1,105 @@
+"""Training driver: data, `ScalingConfig`/`RunConfig`/`TorchTrainer`, fit, then export the chosen checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sa2va_ray.config import Config, config_to_dict
+from sa2va_ray.datasets import Splits, prepare_splits
+
+log = logging.getLogger("sa2va_ray.train")
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training run produced."""
+
+    metrics: dict[str, Any]
+    checkpoint: str | None  # path of the exported checkpoint (best by val/dice or the last)
+    model_dir: str | None
+    run_path: str
+
+
+def build_trainer(cfg: Config, splits: Splits, run_config=None):
+    """The `TorchTrainer` for ``cfg`` on ``splits`` (used by the train job and by every Tune trial)."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sa2va_ray.data.ray_source import build_ray_dataset
+    from sa2va_ray.train.worker import train_fn_per_worker
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own per-step progress lines instead of Ray Data's bars in worker logs
+    if cfg.data.deterministic:  # rows reach the ranks in input order: reproducible batches for a given seed
+        ctx.execution_options.preserve_order = True
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    scaling = ray.train.ScalingConfig(
+        num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
+        placement_strategy=sc.placement_strategy,
+    )
+    if run_config is None:
+        run_config = ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.num_to_keep,
+                checkpoint_score_attribute="val/dice" if splits.val else None,
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+        )
+    # Decode tasks take a quarter CPU: training workers may hold fractional CPUs (demo, sweeps) and a task
+    # asking for a whole free CPU would then never be scheduled.
+    train_ds = build_ray_dataset(splits.train, splits.images_dir, num_cpus=0.25)
+    loop_config = {"cfg": config_to_dict(cfg), "val_samples": splits.val, "images_dir": splits.images_dir}
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets={"train": train_ds},
+    )
+
+
+def pick_checkpoint(result, prefer_best: bool):
+    """The best-by-val/dice checkpoint (or the last one) of a Ray Train result."""
+    if prefer_best and result.best_checkpoints:
+        scored = [(m.get("val/dice", float("-inf")), c) for c, m in result.best_checkpoints]
+        return max(scored, key=lambda x: x[0])[1]
+    return result.checkpoint
+
+
+def run_training_driver(cfg: Config) -> TrainOutcome:
+    """Validate and split the data, train on Ray workers, export the chosen checkpoint to ``output_dir/model``."""
+    from sa2va_ray.export.exporter import export_checkpoint
+
+    splits = prepare_splits(cfg)
+    print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
+    if not splits.train:
+        raise RuntimeError("no valid training records: see the validation report above")
+    trainer = build_trainer(cfg, splits)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ckpt = pick_checkpoint(result, cfg.train.export_best)
+    model_dir = None
+    ckpt_path = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            ckpt_path = str(d)
+            state = json.loads((Path(d) / "train_state.json").read_text())
+            print(f"[train] exporting checkpoint of step {state['step']} "
+                  f"(val/dice {state['metrics'].get('val/dice', float('nan')):.4f}) to {cfg.output_dir}/model",
+                  flush=True)
+            model_dir = str(export_checkpoint(d, Path(cfg.output_dir) / "model"))
+        ckpt_path = ckpt.path
+    return TrainOutcome(metrics=dict(result.metrics or {}), checkpoint=ckpt_path, model_dir=model_dir,
+                        run_path=str(result.path))

@@ -1,0 +1,222 @@
+"""The one training loop, run on every Ray Train worker (by `jobs/train.py` and by every Tune trial)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sa2va_ray.config import config_from_dict
+from sa2va_ray.train.checkpoint import (
+    gather_trainable_state,
+    load_checkpoint_per_worker,
+    save_checkpoint_per_worker,
+)
+from sa2va_ray.train.health import HealthMonitor, TrainingHealthError
+from sa2va_ray.train.progress import ProgressLogger
+from sa2va_ray.train.validation import validate_per_worker
+
+log = logging.getLogger("sa2va_ray.train")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rows_to_samples(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Ray Data rows (one text each) -> the processor's training samples."""
+    return [
+        {
+            "image": batch["image"][i],
+            "masks": [np.asarray(batch["mask"][i], dtype=bool)],
+            "texts": [str(batch["text"][i])],
+        }
+        for i in range(len(batch["text"]))
+    ]
+
+
+def _move(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def _zero3_view(p: torch.Tensor) -> torch.Tensor:
+    # Under ZeRO-3 each rank holds a flat shard in `ds_tensor`; elsewhere the parameter itself.
+    return getattr(p, "ds_tensor", p)
+
+
+def _maybe_fail(fail_at: int, step: int, rank: int, world: int, run_dir: Path) -> None:
+    """Fault drill (``train.fail_at_step``): the last rank dies once, so recovery from a checkpoint is exercised."""
+    marker = run_dir / ".fault_drill_done"
+    if fail_at and step == fail_at and rank == world - 1 and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"fault drill: rank {rank} dies at step {step} (train.fail_at_step)")
+
+
+def _record_placement(run_dir: Path, rank: int, world: int) -> None:
+    """``run_dir/workers/rank_<r>.json``: which node and process each rank runs on (multi-node placement)."""
+    import socket
+
+    import ray
+
+    out = run_dir / "workers"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"rank": rank, "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(), "pid": os.getpid()}
+    (out / f"rank_{rank}.json").write_text(json.dumps(info))
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: build, shard with DeepSpeed, train, validate, checkpoint, report.
+
+    Args:
+        loop_config: ``{"cfg": config_to_dict(cfg), "val_samples": [...], "images_dir": str}``.
+    """
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    from sa2va_ray.build import build_base_model, prepare_for_training
+    from sa2va_ray.export.groups import module_group
+    from sa2va_ray.train.deepspeed_config import build_deepspeed_config
+
+    cfg = config_from_dict(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    is_main = rank == 0
+    _record_placement(Path(cfg.output_dir), rank, world)
+    logging.getLogger("sa2va_ray").setLevel(logging.INFO if is_main else logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is enough: ours
+    _seed_everything(cfg.train.seed)
+
+    model = build_base_model(cfg)
+    model = prepare_for_training(model, cfg, verbose=is_main)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("no trainable parameters: check the lora.* policy")
+
+    ds_config = build_deepspeed_config(cfg, world)
+    run_dir = Path(cfg.output_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    device = engine.device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)
+
+    step, epoch = 0, 0
+    best = {"val/dice": -1.0}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        state = load_checkpoint_per_worker(engine, ckpt)
+        step, epoch, best = state["step"], state["epoch"], state.get("best", best)
+        if is_main:
+            print(f"[train] resumed from checkpoint at step {step} (epoch {epoch})", flush=True)
+
+    named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    groups: dict[str, list[torch.Tensor]] = {}
+    for n, p in named:
+        groups.setdefault(module_group(n), []).append(p)
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device)
+        if world > 1:
+            dist.all_reduce(t)
+        return t.cpu()
+
+    zero3 = cfg.deepspeed.zero_stage == 3
+    monitor = HealthMonitor(groups, cfg.train.health, clip=cfg.train.clip_grad, warmup_steps=cfg.train.warmup_steps,
+                            view=_zero3_view if zero3 else (lambda p: p), all_reduce=all_reduce)
+    samples_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    progress = ProgressLogger(run_dir, cfg.train.max_steps, samples_per_step, enabled=is_main, start_step=step)
+    val_every = cfg.train.val_every or cfg.train.max_steps
+    ckpt_every = cfg.train.checkpoint_every or val_every
+    processor = engine.module.processor
+    shard = ray.train.get_dataset_shard("train")
+    val_samples, images_dir = loop_config.get("val_samples", []), loop_config.get("images_dir", "")
+    if cfg.train.val_max_samples:
+        val_samples = val_samples[: cfg.train.val_max_samples]
+
+    micro = 0
+    sums: dict[str, float] = {}
+    while step < cfg.train.max_steps and epoch < cfg.train.epochs:
+        batches = shard.iter_batches(
+            batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True,
+            local_shuffle_buffer_size=64, local_shuffle_seed=cfg.train.seed + epoch,
+        )
+        n_batches = 0
+        for batch in batches:
+            n_batches += 1
+            inputs = _move(processor.collate_train(_rows_to_samples(batch)), device, dtype)
+            measure = engine.is_gradient_accumulation_boundary() and (step + 1) % cfg.train.log_every == 0
+            if measure:
+                monitor.before_step()
+            out = engine(**inputs)
+            engine.backward(out.loss)
+            engine.step()
+            for k in ("loss", "loss_mask", "loss_dice", "loss_lm"):
+                v = getattr(out, k, None)
+                if v is not None:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float())
+            micro += 1
+            if micro % cfg.train.grad_accum:
+                continue
+            step += 1
+            losses = {f"train/{k}": v / (cfg.train.grad_accum) for k, v in sums.items()}
+            sums = {}
+            loss_t = all_reduce(torch.tensor([losses["train/loss"]], dtype=torch.float64)) / world
+            losses["train/loss"] = float(loss_t.item())
+            grad_norm = engine.get_global_grad_norm()
+            grad_norm = float(grad_norm) if grad_norm is not None else None
+            metrics = {**losses, **monitor.after_step(losses["train/loss"], engine.get_lr()[0], grad_norm,
+                                                      cfg.train.max_steps - step)}
+            metrics["train/epoch"] = epoch
+            metrics["step"] = step
+            _maybe_fail(cfg.train.fail_at_step, step, rank, world, run_dir)
+            last = step >= cfg.train.max_steps
+            do_ckpt = step % ckpt_every == 0 or last
+            if (step % val_every == 0 or do_ckpt) and val_samples:
+                metrics.update(validate_per_worker(engine.module, val_samples, images_dir, rank, world,
+                                                   batch_size=cfg.eval.batch_size, all_reduce=all_reduce))
+                if metrics["val/dice"] > best["val/dice"]:
+                    best = {"val/dice": metrics["val/dice"], "step": step}
+            echo = step % cfg.train.log_every == 0 or last or "val/dice" in metrics or step == 1
+            progress.log(step, metrics, echo=echo)
+            if do_ckpt:
+                if last:
+                    monitor.final_check()
+                    metrics["health/warnings"] = len(monitor.warnings)
+                trainable = gather_trainable_state(engine, zero3, is_main)
+                save_checkpoint_per_worker(engine, cfg, step, epoch, metrics, best, trainable, monitor.warnings,
+                                           is_main)
+            elif "val/dice" in metrics:
+                ray.train.report(metrics)  # a validation between checkpoints still reaches Tune/ASHA
+            if last:
+                break
+        if n_batches == 0:
+            raise RuntimeError(
+                f"rank {rank} got no training batch: fewer samples than workers x micro_batch_size "
+                f"({world} x {cfg.train.micro_batch_size})"
+            )
+        epoch += 1
+    if step < cfg.train.max_steps:
+        raise TrainingHealthError(f"stopped after {epoch} epochs at step {step} < train.max_steps")
+    progress.close()
+    if is_main and monitor.warnings:
+        print("[train] health warnings:\n  " + "\n  ".join(monitor.warnings), flush=True)

@@ -1,0 +1,48 @@
+"""Run training and evaluation on a two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`).
+
+Used by `test_multinode.py` in a subprocess, so its cluster never meets the test session's one.
+
+    python tests/integration/multinode_run.py SYNTHETIC_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "jobs")]
+
+
+def main(synthetic: str, out: str) -> int:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    os.environ["RAY_ADDRESS"] = cluster.address
+    ray.init(address=cluster.address)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    import evaluate  # jobs/evaluate.py
+    import train  # jobs/train.py
+
+    common = [
+        f"output_dir={out}", f"data.annotations={synthetic}/annotations.json", f"data.images_dir={synthetic}/images",
+        "data.synthetic.enabled=false", "train.val_every=3", "train.log_every=1", "train.micro_batch_size=2",
+        "train.warmup_steps=1", "eval.batch_size=1", "eval.num_actors=2", "eval.vessel_metrics=false",
+    ]
+    rc = train.main(["--config", str(REPO / "configs/demo.yaml"), *common, "train.max_steps=3",
+                     "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=SPREAD"])
+    rc = rc or evaluate.main(["--config", str(REPO / "configs/demo.yaml"), *common, f"model.path={out}/model"])
+    Path(out, "nodes.json").write_text(json.dumps(nodes))
+    ray.shutdown()
+    cluster.shutdown()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
