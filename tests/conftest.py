@@ -49,6 +49,7 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     port, dash, agent = _free_port(), _free_port(), _free_port()
+    _ensure_auth_token(tmp_path_factory.mktemp("ray_auth"))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("RAY_ADDRESS", None)
@@ -66,6 +67,20 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
     _stop_cluster(temp_dir)
+
+
+def _ensure_auth_token(directory: Path) -> None:
+    """Token auth needs a token; a fresh machine has no ~/.ray/auth_token. Give the session its own file (leaving the
+    user's ~/.ray alone); `ray start`, the driver, `ray job submit` and the jobs all inherit the path."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if (Path.home() / ".ray" / "auth_token").exists():
+        return
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path = directory / "auth_token"
+    path.write_text(generate_new_authentication_token())
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
 
 
 def _stop_cluster(temp_dir: str) -> None:

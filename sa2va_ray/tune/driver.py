@@ -51,16 +51,18 @@ def train_driver_fn(params: dict[str, Any], base: dict[str, Any], splits: Splits
         raise result.error
 
 
-def derive_max_concurrent(cfg: Config) -> int:
+def derive_max_concurrent(cfg: Config, total: dict[str, float] | None = None) -> int:
     """Trials that fit the cluster at once, from its resources and the per-trial scaling config.
 
-    On CPU half a core is left for Ray Data's decode tasks (a quarter CPU each), which every trial needs.
+    ``total`` defaults to ``ray.cluster_resources()``. On CPU half a core is left for Ray Data's decode tasks
+    (a quarter CPU each), which every trial needs.
     """
-    import ray
-
     if cfg.tune.max_concurrent_trials > 0:
         return cfg.tune.max_concurrent_trials
-    total = ray.cluster_resources()
+    if total is None:
+        import ray
+
+        total = ray.cluster_resources()
     sc = cfg.scaling
     if sc.use_gpu:
         per_trial = sc.num_workers * sc.gpus_per_worker

@@ -41,3 +41,17 @@ def test_leaderboard_note_and_best_yaml(tmp_path):
     best = load_config(out / "best.yaml")
     assert math.isclose(best.loss.mask_weight, 0.5) and math.isclose(best.loss.lm_weight, 0.1)
     assert (out / "best.yaml").read_text().startswith("# python jobs/train.py")
+
+
+@pytest.mark.parametrize("overrides,total,expected", [
+    ([], {"CPU": 2.0}, 2),  # tune_demo: 2 workers x 0.25 CPU per trial, half a core kept for decoding
+    (["scaling.cpus_per_worker=1.0"], {"CPU": 2.0}, 1),  # never below one trial
+    (["scaling.use_gpu=true", "scaling.num_workers=4"], {"CPU": 64.0, "GPU": 16.0}, 4),  # 4 nodes of 4x 3090
+    (["scaling.use_gpu=true", "scaling.num_workers=2"], {"CPU": 64.0, "GPU": 16.0}, 8),
+    (["tune.max_concurrent_trials=3"], {"CPU": 2.0}, 3),  # set by hand: kept
+])
+def test_max_concurrent_trials_derived_from_cluster_and_scaling(overrides, total, expected):
+    from sa2va_ray.tune.driver import derive_max_concurrent
+
+    cfg = load_config("configs/tune_demo.yaml", overrides)
+    assert derive_max_concurrent(cfg, total) == expected
