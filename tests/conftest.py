@@ -7,6 +7,7 @@ jobs run in-process connect to it too) and `ray job submit` can reach its dashbo
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,12 +45,26 @@ class RayCluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_auth_token(tmp_path_factory) -> None:
+    """Token auth needs a token; a fresh machine has no ~/.ray/auth_token. Give the session its own file (leaving the
+    user's ~/.ray alone); `ray start`, the driver, `ray job submit`, the jobs and other clusters inherit its path."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if (Path.home() / ".ray" / "auth_token").exists():
+        return
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    path.write_text(generate_new_authentication_token())
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_auth_token):
     """Start `ray start --head` (2 CPUs, loopback dashboard), connect this process, stop it at the end."""
     import ray
 
     port, dash, agent = _free_port(), _free_port(), _free_port()
-    _ensure_auth_token(tmp_path_factory.mktemp("ray_auth"))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("RAY_ADDRESS", None)
@@ -69,36 +84,25 @@ def ray_cluster(tmp_path_factory):
     _stop_cluster(temp_dir)
 
 
-def _ensure_auth_token(directory: Path) -> None:
-    """Token auth needs a token; a fresh machine has no ~/.ray/auth_token. Give the session its own file (leaving the
-    user's ~/.ray alone); `ray start`, the driver, `ray job submit` and the jobs all inherit the path."""
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return
-    if (Path.home() / ".ray" / "auth_token").exists():
-        return
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
-    path = directory / "auth_token"
-    path.write_text(generate_new_authentication_token())
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
-
-
 def _stop_cluster(temp_dir: str) -> None:
     """Stop the processes of this cluster only (`ray stop` would stop every Ray on the machine)."""
     import psutil
 
-    procs = []
+    found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any(temp_dir in arg for arg in p.info["cmdline"] or []):
-                procs.append(p)
+                # with their children: agents and workers rename themselves (`ray::DashboardAgent`)
+                found.update({q.pid: q for q in [p, *p.children(recursive=True)]})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    procs = list(found.values())
     for p in procs:
         p.terminate()
     _, alive = psutil.wait_procs(procs, timeout=20)
     for p in alive:
         p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_jobs_api(cluster: RayCluster, timeout: float = 60.0) -> None:

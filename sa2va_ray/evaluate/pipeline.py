@@ -165,6 +165,7 @@ def _absolute(path: str) -> str:
 
 
 DECODE_CPUS_CPU_ONLY = 0.5
+ACTOR_START_TIMEOUT_S = 900  # loading a model on every actor (an 8B one from a network disk) may take minutes
 """CPUs per decode task when the actors run on CPUs too (two decodes share one core beside the actors)."""
 
 
@@ -178,12 +179,15 @@ def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
         free = int(ray.available_resources().get("GPU", 0))
         if free < n:
             log.warning("eval.num_actors=%d but %d GPU(s) are free now; starting with what is free", n, free)
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=max(1, min(n, free))), 1.0, 1.0
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=max(1, min(n, free)),
+                                          max_tasks_in_flight_per_actor=2), 1.0, 1.0
     # CPU only: leave one CPU to the decode tasks so the pipeline cannot starve itself. On a small machine the
     # actors' model imports compete for the cores, so fewer actors reach their first batch sooner.
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_actor = max(0.1, min(1.0, (cpus - 2 * DECODE_CPUS_CPU_ONLY) / n))
-    return ray.data.ActorPoolStrategy(size=n), per_actor, 0.0
+    # One batch in flight per actor: a CPU actor is busy for seconds per batch, and a queue on one actor while
+    # another idles (seen on a two-node cluster) costs far more than the prefetch it would buy.
+    return ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), per_actor, 0.0
 
 
 def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector | None = None) -> pd.DataFrame:
@@ -194,12 +198,22 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         inputs: from :func:`collect_eval_inputs`.
         selector: receives every output batch (keeps the masks wanted for overlays).
     """
+    import ray.data
+
     from sa2va_ray.data.ray_source import build_ray_dataset
 
     n_rows = sum(len(s.texts) for s in inputs.samples)
     if n_rows == 0:
         return pd.DataFrame()
     compute, cpus, gpus = _actor_layout(cfg, n_rows)
+    # Every predictor actor is up before the first batch is dispatched: the work spreads over all of them (and over
+    # every node) instead of going to whichever loaded its model first, and a pool the cluster cannot place fails
+    # with Ray Data's "Timed out while starting actors" instead of waiting forever.
+    # Batches then go to the least busy actor, not to the one beside the decoded block: the model dominates the
+    # cost, moving a decoded image is cheap.
+    ctx = ray.data.DataContext.get_current()
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    ctx.execution_options.actor_locality_enabled = False
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = _absolute(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY

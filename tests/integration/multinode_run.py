@@ -37,7 +37,9 @@ def main(synthetic: str, out: str) -> int:
     ]
     rc = train.main(["--config", str(REPO / "configs/demo.yaml"), *common, "train.max_steps=3",
                      "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=SPREAD"])
-    rc = rc or evaluate.main(["--config", str(REPO / "configs/demo.yaml"), *common, f"model.path={out}/model"])
+    # every record (12), not only the validation split (3): enough batches that both actors get some
+    rc = rc or evaluate.main(["--config", str(REPO / "configs/demo.yaml"), *common, f"model.path={out}/model",
+                              f"data.val_annotations={synthetic}/annotations.json"])
     Path(out, "nodes.json").write_text(json.dumps(nodes))
     ray.shutdown()
     cluster.shutdown()

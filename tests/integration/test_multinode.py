@@ -15,9 +15,7 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.mark.skip(reason="unfinished: training placement on both nodes passed once; evaluation actors were not yet "
-                         "seen on both nodes and a second run stalled at worker-group start (see closing note)")
-def test_training_and_evaluation_use_both_nodes(synthetic_set, tmp_path):
+def test_training_and_evaluation_use_both_nodes(ray_auth_token, synthetic_set, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster, not the session's
     proc = subprocess.run([sys.executable, str(HERE / "multinode_run.py"), str(synthetic_set), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=1200)
