@@ -165,8 +165,9 @@ def _absolute(path: str) -> str:
 
 
 DECODE_CPUS_CPU_ONLY = 0.5
-ACTOR_START_TIMEOUT_S = 900  # loading a model on every actor (an 8B one from a network disk) may take minutes
 """CPUs per decode task when the actors run on CPUs too (two decodes share one core beside the actors)."""
+ACTOR_START_TIMEOUT_S = 900
+"""Seconds Ray Data waits for every predictor actor to load its model (an 8B one from a network disk is slow)."""
 
 
 def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
@@ -208,9 +209,8 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     compute, cpus, gpus = _actor_layout(cfg, n_rows)
     # Every predictor actor is up before the first batch is dispatched: the work spreads over all of them (and over
     # every node) instead of going to whichever loaded its model first, and a pool the cluster cannot place fails
-    # with Ray Data's "Timed out while starting actors" instead of waiting forever.
-    # Batches then go to the least busy actor, not to the one beside the decoded block: the model dominates the
-    # cost, moving a decoded image is cheap.
+    # with Ray Data's "Timed out while starting actors" instead of waiting forever. Batches then go to the least
+    # busy actor, not to the one beside the decoded block: the model dominates the cost, moving an image is cheap.
     ctx = ray.data.DataContext.get_current()
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ctx.execution_options.actor_locality_enabled = False
