@@ -30,7 +30,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from sa2va_ray.data.ray_source import build_ray_dataset
+    from sa2va_ray.train.stream import build_train_stream
     from sa2va_ray.train.worker import train_fn_per_worker
 
     ctx = ray.data.DataContext.get_current()
@@ -56,10 +56,9 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
         )
-    # Decode tasks take a quarter CPU: training workers may hold fractional CPUs (demo, sweeps) and a task
-    # asking for a whole free CPU would then never be scheduled.
-    train_ds = build_ray_dataset(splits.train, splits.images_dir, num_cpus=0.25)
-    loop_config = {"cfg": config_to_dict(cfg), "val_samples": splits.val, "images_dir": splits.images_dir}
+    train_ds, plan = build_train_stream(cfg, splits.train)
+    loop_config = {"cfg": config_to_dict(cfg), "val_samples": splits.val, "images_dir": splits.images_dir,
+                   "stream": plan.to_dict()}
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,

@@ -24,6 +24,7 @@ class ProgressLogger:
         self.t0 = time.perf_counter()
         self.start_step = start_step
         self.rows: list[dict[str, float]] = []
+        self._fields: list[str] = []
         self._tb = None
         self.csv_path = Path(run_dir) / "train_log.csv"
         if enabled:
@@ -60,14 +61,24 @@ class ProgressLogger:
             sys.stdout.flush()
 
     def _append_csv(self, row: dict[str, float]) -> None:
-        # Rewritten whole each time (small): new metrics widen the header; earlier rows of a resumed run are kept.
+        # One line appended per step; the file is rewritten only when a new metric widens the header (the first
+        # validation, a health warning). Earlier rows of a resumed run are kept.
         if not self.rows and self.csv_path.exists():
             with self.csv_path.open(newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if float(r.get("step") or 0) < row["step"]]
+            self._fields = list(dict.fromkeys(k for r in self.rows for k in r))
+            self._rewrite()
         self.rows.append(row)
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        if any(k not in self._fields for k in row):
+            self._fields = list(dict.fromkeys([*self._fields, *row]))
+            self._rewrite()
+            return
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+
+    def _rewrite(self) -> None:
         with self.csv_path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=self._fields)
             w.writeheader()
             w.writerows(self.rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from sa2va_ray.train.checkpoint import (
 )
 from sa2va_ray.train.health import HealthMonitor, TrainingHealthError
 from sa2va_ray.train.progress import ProgressLogger
+from sa2va_ray.train.stream import StreamPlan, decode_batch, prefetched
 from sa2va_ray.train.validation import validate_per_worker
 
 log = logging.getLogger("sa2va_ray.train")
@@ -29,18 +31,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rows_to_samples(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Ray Data rows (one text each) -> the processor's training samples."""
-    return [
-        {
-            "image": batch["image"][i],
-            "masks": [np.asarray(batch["mask"][i], dtype=bool)],
-            "texts": [str(batch["text"][i])],
-        }
-        for i in range(len(batch["text"]))
-    ]
 
 
 def _move(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
@@ -153,70 +143,82 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.val_max_samples:
         val_samples = val_samples[: cfg.train.val_max_samples]
 
-    micro = 0
+    plan = StreamPlan(**loop_config["stream"])
+    skip = step * cfg.train.grad_accum  # micro-batches of this rank's shard the restored steps already used
+    if skip and is_main:
+        print(f"[train] skipping the {skip} micro-batches per rank that steps 1-{step} used", flush=True)
+
+    def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
+        samples, errors = decode_batch(batch, images_dir)
+        if not samples:
+            raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
+        return processor.collate_train(samples), errors
+
+    micro, decode_errors = 0, 0
     sums: dict[str, float] = {}
-    while step < cfg.train.max_steps and epoch < cfg.train.epochs:
-        batches = shard.iter_batches(
-            batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True,
-            local_shuffle_buffer_size=64, local_shuffle_seed=cfg.train.seed + epoch,
-        )
-        n_batches = 0
-        for batch in batches:
-            n_batches += 1
-            inputs = _move(processor.collate_train(_rows_to_samples(batch)), device, dtype)
-            measure = engine.is_gradient_accumulation_boundary() and (step + 1) % cfg.train.log_every == 0
-            if measure:
-                monitor.before_step()
-            out = engine(**inputs)
-            engine.backward(out.loss)
-            engine.step()
-            for k in ("loss", "loss_mask", "loss_dice", "loss_lm"):
-                v = getattr(out, k, None)
-                if v is not None:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().float())
-            micro += 1
-            if micro % cfg.train.grad_accum:
-                continue
-            step += 1
-            losses = {f"train/{k}": v / (cfg.train.grad_accum) for k, v in sums.items()}
-            sums = {}
-            loss_t = all_reduce(torch.tensor([losses["train/loss"]], dtype=torch.float64)) / world
-            losses["train/loss"] = float(loss_t.item())
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else None
-            metrics = {**losses, **monitor.after_step(losses["train/loss"], engine.get_lr()[0], grad_norm,
-                                                      cfg.train.max_steps - step)}
-            metrics["train/epoch"] = epoch
-            metrics["step"] = step
-            _maybe_fail(cfg.train.fail_at_step, step, rank, world, run_dir)
-            last = step >= cfg.train.max_steps
-            do_ckpt = step % ckpt_every == 0 or last
-            if (step % val_every == 0 or do_ckpt) and val_samples:
-                metrics.update(validate_per_worker(engine.module, val_samples, images_dir, rank, world,
-                                                   batch_size=cfg.eval.batch_size, all_reduce=all_reduce))
-                if metrics["val/dice"] > best["val/dice"]:
-                    best = {"val/dice": metrics["val/dice"], "step": step}
-            echo = step % cfg.train.log_every == 0 or last or "val/dice" in metrics or step == 1
-            progress.log(step, metrics, echo=echo)
-            if do_ckpt:
-                if last:
-                    monitor.final_check()
-                    metrics["health/warnings"] = len(monitor.warnings)
-                trainable = gather_trainable_state(engine, zero3, is_main)
-                save_checkpoint_per_worker(engine, cfg, step, epoch, metrics, best, trainable, monitor.warnings,
-                                           is_main)
-            elif "val/dice" in metrics:
-                ray.train.report(metrics)  # a validation between checkpoints still reaches Tune/ASHA
+    # One pass over the run's stream (all epochs, see sa2va_ray.train.stream); decoding and collating run in a
+    # background thread ahead of the model.
+    batches = shard.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True)
+    batches = itertools.islice(batches, skip, None) if step < cfg.train.max_steps else ()
+    for collated, errors in prefetched(batches, prepare):
+        for message in errors:
+            log.warning("rank %d: %s; left out of its micro-batch", rank, message)
+        decode_errors += len(errors)
+        inputs = _move(collated, device, dtype)
+        measure = engine.is_gradient_accumulation_boundary() and (step + 1) % cfg.train.log_every == 0
+        if measure:
+            monitor.before_step()
+        out = engine(**inputs)
+        engine.backward(out.loss)
+        engine.step()
+        for k in ("loss", "loss_mask", "loss_dice", "loss_lm"):
+            v = getattr(out, k, None)
+            if v is not None:
+                sums[k] = sums.get(k, 0.0) + float(v.detach().float())
+        micro += 1
+        if micro % cfg.train.grad_accum:
+            continue
+        step += 1
+        epoch = plan.epoch_of(step)
+        losses = {f"train/{k}": v / (cfg.train.grad_accum) for k, v in sums.items()}
+        sums = {}
+        loss_t = all_reduce(torch.tensor([losses["train/loss"]], dtype=torch.float64)) / world
+        losses["train/loss"] = float(loss_t.item())
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        metrics = {**losses, **monitor.after_step(losses["train/loss"], engine.get_lr()[0], grad_norm,
+                                                  cfg.train.max_steps - step)}
+        metrics["train/epoch"] = epoch
+        if decode_errors:
+            metrics["data/decode_errors"] = decode_errors
+        metrics["step"] = step
+        _maybe_fail(cfg.train.fail_at_step, step, rank, world, run_dir)
+        last = step >= cfg.train.max_steps
+        do_ckpt = step % ckpt_every == 0 or last
+        if (step % val_every == 0 or do_ckpt) and val_samples:
+            metrics.update(validate_per_worker(engine.module, val_samples, images_dir, rank, world,
+                                               batch_size=cfg.eval.batch_size, all_reduce=all_reduce))
+            if metrics["val/dice"] > best["val/dice"]:
+                best = {"val/dice": metrics["val/dice"], "step": step}
+        echo = step % cfg.train.log_every == 0 or last or "val/dice" in metrics or step == 1
+        progress.log(step, metrics, echo=echo)
+        if do_ckpt:
             if last:
-                break
-        if n_batches == 0:
-            raise RuntimeError(
-                f"rank {rank} got no training batch: fewer samples than workers x micro_batch_size "
-                f"({world} x {cfg.train.micro_batch_size})"
-            )
-        epoch += 1
+                monitor.final_check()
+                metrics["health/warnings"] = len(monitor.warnings)
+            trainable = gather_trainable_state(engine, zero3, is_main)
+            save_checkpoint_per_worker(engine, cfg, step, epoch, metrics, best, trainable, monitor.warnings,
+                                       is_main)
+        elif "val/dice" in metrics:
+            ray.train.report(metrics)  # a validation between checkpoints still reaches Tune/ASHA
+        if last:
+            break
     if step < cfg.train.max_steps:
-        raise TrainingHealthError(f"stopped after {epoch} epochs at step {step} < train.max_steps")
+        raise TrainingHealthError(
+            f"the training data ran out at step {step} < train.max_steps={cfg.train.max_steps}: "
+            f"{plan.epochs} epochs (train.epochs={cfg.train.epochs}) of {plan.rows_per_epoch} samples hold "
+            f"{plan.steps_available()} steps of {plan.rows_per_step}"
+        )
     progress.close()
     if is_main and monitor.warnings:
         print("[train] health warnings:\n  " + "\n  ".join(monitor.warnings), flush=True)

@@ -1,0 +1,125 @@
+"""The training data stream: every epoch of a run back to back in one Ray Data dataset of light rows.
+
+Two measured costs shaped it (`benchmarks/train_overhead.py`, 2 CPU workers on a 2-core laptop):
+
+- Iterating a dataset once per epoch starts a new streaming execution at every epoch boundary (split coordinator,
+  new tasks, nothing prefetched across the boundary): the workers sat idle ~0.3 s per epoch. So the driver shuffles
+  the (record, text) rows once per epoch, seeded by ``train.seed + epoch``, and lays all epochs out in one dataset.
+- While a streaming execution is backpressured with no task running, Ray Data's scheduling loop (in the
+  ``SplitCoordinator`` actor) polls without sleeping: half a core taken from training when images were decoded in
+  Ray Data tasks. So the dataset holds only light rows (names, text, polygons as JSON); it is split among the
+  workers in well under a second, and each worker decodes and collates its own micro-batches in a background
+  thread, one or two ahead of the model, with the same :func:`sa2va_ray.data.decode.decode_sample` plain loops use.
+
+Position arithmetic is global: step ``s`` has consumed ``s * rows_per_step`` rows. A run resumed at step ``s`` skips
+its shard's first ``s * grad_accum`` micro-batches without decoding them, so it goes on where the checkpoint left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from sa2va_ray.config import Config
+from sa2va_ray.data.annotations import Sample
+from sa2va_ray.data.decode import decode_sample
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCKS = 4096  # input blocks of the whole stream
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How the stream maps onto steps and epochs (sent to every worker as a dict)."""
+
+    epochs: int  # epochs laid out in the stream
+    rows_per_epoch: int  # (record, text) rows in one epoch
+    rows_per_step: int  # rows one optimizer step consumes over all ranks
+
+    def epoch_of(self, step: int) -> int:
+        """The epoch the rows of optimizer step ``step`` (1-based, as logged) come from."""
+        return max(step - 1, 0) * self.rows_per_step // self.rows_per_epoch
+
+    def steps_available(self) -> int:
+        """Whole optimizer steps the stream holds."""
+        return self.epochs * self.rows_per_epoch // self.rows_per_step
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def plan_stream(cfg: Config, samples: list[Sample]) -> StreamPlan:
+    """Enough epochs for ``train.max_steps`` (one spare for rows lost to uneven splits), at most ``train.epochs``."""
+    t = cfg.train
+    rows_per_epoch = sum(len(s.texts) for s in samples)
+    rows_per_step = t.micro_batch_size * t.grad_accum * cfg.scaling.num_workers
+    if rows_per_epoch < rows_per_step:
+        raise ValueError(
+            f"{rows_per_epoch} training samples cannot fill one step of {rows_per_step} "
+            f"(scaling.num_workers x train.micro_batch_size x train.grad_accum)"
+        )
+    needed = math.ceil(t.max_steps * rows_per_step / rows_per_epoch) + 1
+    return StreamPlan(epochs=min(t.epochs, needed), rows_per_epoch=rows_per_epoch, rows_per_step=rows_per_step)
+
+
+def stream_rows(samples: list[Sample], epochs: int, seed: int) -> list[dict[str, Any]]:
+    """Light rows of every epoch, each epoch a new shuffle of all (record, text) pairs, concatenated."""
+    rows = [
+        {"record_index": s.index, "text_index": t, "image": s.image, "text": text, "mask": json.dumps(s.masks[t])}
+        for s in samples for t, text in enumerate(s.texts)
+    ]
+    out: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        order = list(rows)
+        random.Random(seed + epoch).shuffle(order)
+        out.extend(order)
+    return out
+
+
+def build_train_stream(cfg: Config, samples: list[Sample]):
+    """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as light rows."""
+    import ray.data
+
+    plan = plan_stream(cfg, samples)
+    rows = stream_rows(samples, plan.epochs, cfg.train.seed)
+    num_blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / plan.rows_per_step)))
+    return ray.data.from_items(rows, override_num_blocks=num_blocks), plan
+
+
+def decode_batch(batch: dict[str, np.ndarray], images_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A micro-batch of light rows -> the processor's training samples, and one message per row that failed."""
+    samples, errors = [], []
+    for i in range(len(batch["text"])):
+        index, text = int(batch["record_index"][i]), str(batch["text"][i])
+        sample_id = f"{index}:{int(batch['text_index'][i])}"
+        record = Sample(index=index, image=str(batch["image"][i]), texts=[text],
+                        masks=[json.loads(str(batch["mask"][i]))])
+        try:
+            d = decode_sample(record, images_dir)
+        except Exception as e:  # changed since validation: this row is left out of its micro-batch
+            errors.append(f"record {index} ({record.image}): cannot decode: {type(e).__name__}: {e}")
+            continue
+        samples.append({"image": d["image"], "masks": [d["masks"][0]], "texts": [text], "id": sample_id})
+    return samples, errors
+
+
+def prefetched(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
+    """``fn(item)`` for each item, computed in one background thread up to ``depth`` items ahead, in order."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sa2va-decode") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
