@@ -54,8 +54,8 @@ def train_driver_fn(params: dict[str, Any], base: dict[str, Any], splits: Splits
 def derive_max_concurrent(cfg: Config, total: dict[str, float] | None = None) -> int:
     """Trials that fit the cluster at once, from its resources and the per-trial scaling config.
 
-    ``total`` defaults to ``ray.cluster_resources()``. On CPU half a core is left for Ray Data's decode tasks
-    (a quarter CPU each), which every trial needs.
+    ``total`` defaults to ``ray.cluster_resources()``. On CPU half a core is left for Ray's own processes
+    (Train controllers, the data split coordinators, the Tune driver), which hold no CPU but do use some.
     """
     if cfg.tune.max_concurrent_trials > 0:
         return cfg.tune.max_concurrent_trials
