@@ -199,8 +199,6 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         inputs: from :func:`collect_eval_inputs`.
         selector: receives every output batch (keeps the masks wanted for overlays).
     """
-    import ray.data
-
     from sa2va_ray.data.ray_source import build_ray_dataset
 
     n_rows = sum(len(s.texts) for s in inputs.samples)
@@ -211,13 +209,13 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     # every node) instead of going to whichever loaded its model first, and a pool the cluster cannot place fails
     # with Ray Data's "Timed out while starting actors" instead of waiting forever. Batches then go to the least
     # busy actor, not to the one beside the decoded block: the model dominates the cost, moving an image is cheap.
-    ctx = ray.data.DataContext.get_current()
-    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    ctx.execution_options.actor_locality_enabled = False
+    # Set on this dataset's own copy of the DataContext, so the caller's process-wide context is left as it was.
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = _absolute(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
     ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus)
+    ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    ds.context.execution_options.actor_locality_enabled = False
     ds = ds.map_batches(
         Sa2VAPredictor,
         fn_constructor_kwargs={

@@ -168,3 +168,13 @@ def test_compare_against_another_model_differs(evaluated, setup, capsys):
     paired = pd.read_csv(out / "compare" / "paired.csv")
     assert len(paired) == 14 and (paired["present"] == "both").all()
     assert "same fingerprint: **no**" in (out / "compare" / "summary.md").read_text()
+
+
+def test_evaluation_leaves_the_process_wide_data_context_alone(evaluated):
+    import ray.data
+
+    from sa2va_ray.evaluate.pipeline import ACTOR_START_TIMEOUT_S
+
+    ctx = ray.data.DataContext.get_current()  # the job ran in this process; its settings stay on its own dataset
+    assert ctx.wait_for_min_actors_s != ACTOR_START_TIMEOUT_S
+    assert ctx.execution_options.actor_locality_enabled is not False
