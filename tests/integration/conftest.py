@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,11 @@ def job_overrides(synthetic_set: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _release_placement_groups():
-    """After each job test, remove placement groups a failed Ray Train run left behind (seen once: a later sweep
-    then waited forever for CPUs reserved by nobody)."""
+    """After each job test, placement groups its Ray Train runs left behind are named in a warning and removed.
+
+    Ray Train removes its groups when a run ends; one left over (seen once, after a failed run) holds CPUs that a
+    later test then waits for forever. A short grace period lets Ray's asynchronous teardown finish first.
+    """
     yield
     import ray
 
@@ -45,9 +50,16 @@ def _release_placement_groups():
         return
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-    for pg_id, info in placement_group_table().items():
-        if info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
-            try:
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-            except Exception:
-                pass
+    def live() -> dict[str, dict]:
+        return {pg_id: info for pg_id, info in placement_group_table().items()
+                if info.get("state") in ("CREATED", "PENDING", "RESCHEDULING")}
+
+    deadline = time.monotonic() + 30
+    while live() and time.monotonic() < deadline:
+        time.sleep(1)
+    leftover = live()
+    if leftover:
+        warnings.warn(f"removing {len(leftover)} placement group(s) left after the test: "
+                      + ", ".join(f"{k[:12]} {v.get('bundles')}" for k, v in leftover.items()), stacklevel=1)
+        for pg_id in leftover:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
