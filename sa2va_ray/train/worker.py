@@ -182,15 +182,15 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         epoch = plan.epoch_of(step)
         losses = {f"train/{k}": v / (cfg.train.grad_accum) for k, v in sums.items()}
         sums = {}
-        loss_t = all_reduce(torch.tensor([losses["train/loss"]], dtype=torch.float64)) / world
-        losses["train/loss"] = float(loss_t.item())
+        summed = all_reduce(torch.tensor([losses["train/loss"], decode_errors], dtype=torch.float64))
+        losses["train/loss"] = float(summed[0]) / world
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         metrics = {**losses, **monitor.after_step(losses["train/loss"], engine.get_lr()[0], grad_norm,
                                                   cfg.train.max_steps - step)}
         metrics["train/epoch"] = epoch
-        if decode_errors:
-            metrics["data/decode_errors"] = decode_errors
+        if summed[1]:  # rows left out so far, over all ranks
+            metrics["data/decode_errors"] = int(summed[1])
         metrics["step"] = step
         _maybe_fail(cfg.train.fail_at_step, step, rank, world, run_dir)
         last = step >= cfg.train.max_steps
