@@ -57,8 +57,8 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
         )
     train_ds, plan = build_train_stream(cfg, splits.train)
-    loop_config = {"cfg": config_to_dict(cfg), "val_samples": splits.val, "images_dir": splits.images_dir,
-                   "stream": plan.to_dict()}
+    loop_config = {"cfg": config_to_dict(cfg), "train_samples": splits.train, "val_samples": splits.val,
+                   "images_dir": splits.images_dir, "stream": plan.to_dict()}
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,

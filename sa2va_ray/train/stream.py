@@ -7,9 +7,9 @@ Two measured costs shaped it (`benchmarks/train_overhead.py`, 2 CPU workers on a
   the (record, text) rows once per epoch, seeded by ``train.seed + epoch``, and lays all epochs out in one dataset.
 - While a streaming execution is backpressured with no task running, Ray Data's scheduling loop (in the
   ``SplitCoordinator`` actor) polls without sleeping: half a core taken from training when images were decoded in
-  Ray Data tasks. So the dataset holds only light rows (names, text, polygons as JSON); it is split among the
+  Ray Data tasks. So the dataset holds only two integers a row (which sample, which text); it is split among the
   workers in well under a second, and each worker decodes and collates its own micro-batches in a background
-  thread, one or two ahead of the model, with the same :func:`sa2va_ray.data.decode.decode_sample` plain loops use.
+  thread, two ahead of the model, with the same :func:`sa2va_ray.data.decode.decode_sample` plain loops use.
 
 Position arithmetic is global: step ``s`` has consumed ``s * rows_per_step`` rows. A run resumed at step ``s`` skips
 its shard's first ``s * grad_accum`` micro-batches without decoding them, so it goes on where the checkpoint left.
@@ -17,8 +17,6 @@ its shard's first ``s * grad_accum`` micro-batches without decoding them, so it 
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import random
 from collections import deque
@@ -32,8 +30,6 @@ import numpy as np
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import Sample
 from sa2va_ray.data.decode import decode_sample
-
-log = logging.getLogger(__name__)
 
 MAX_BLOCKS = 4096  # input blocks of the whole stream
 
@@ -72,13 +68,14 @@ def plan_stream(cfg: Config, samples: list[Sample]) -> StreamPlan:
     return StreamPlan(epochs=min(t.epochs, needed), rows_per_epoch=rows_per_epoch, rows_per_step=rows_per_step)
 
 
-def stream_rows(samples: list[Sample], epochs: int, seed: int) -> list[dict[str, Any]]:
-    """Light rows of every epoch, each epoch a new shuffle of all (record, text) pairs, concatenated."""
-    rows = [
-        {"record_index": s.index, "text_index": t, "image": s.image, "text": text, "mask": json.dumps(s.masks[t])}
-        for s in samples for t, text in enumerate(s.texts)
-    ]
-    out: list[dict[str, Any]] = []
+def stream_rows(samples: list[Sample], epochs: int, seed: int) -> list[dict[str, int]]:
+    """Rows of every epoch, each epoch a new shuffle of all (record, text) pairs, concatenated.
+
+    A row is two integers, ``sample`` (position in ``samples``) and ``text``: the stream stays small however many
+    epochs it holds; the samples themselves reach every worker once, in the train loop config.
+    """
+    rows = [{"sample": i, "text": t} for i, s in enumerate(samples) for t in range(len(s.texts))]
+    out: list[dict[str, int]] = []
     for epoch in range(epochs):
         order = list(rows)
         random.Random(seed + epoch).shuffle(order)
@@ -87,7 +84,7 @@ def stream_rows(samples: list[Sample], epochs: int, seed: int) -> list[dict[str,
 
 
 def build_train_stream(cfg: Config, samples: list[Sample]):
-    """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as light rows."""
+    """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as (sample, text) rows."""
     import ray.data
 
     plan = plan_stream(cfg, samples)
@@ -96,21 +93,21 @@ def build_train_stream(cfg: Config, samples: list[Sample]):
     return ray.data.from_items(rows, override_num_blocks=num_blocks), plan
 
 
-def decode_batch(batch: dict[str, np.ndarray], images_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """A micro-batch of light rows -> the processor's training samples, and one message per row that failed."""
-    samples, errors = [], []
-    for i in range(len(batch["text"])):
-        index, text = int(batch["record_index"][i]), str(batch["text"][i])
-        sample_id = f"{index}:{int(batch['text_index'][i])}"
-        record = Sample(index=index, image=str(batch["image"][i]), texts=[text],
-                        masks=[json.loads(str(batch["mask"][i]))])
+def decode_batch(
+    batch: dict[str, np.ndarray], samples: list[Sample], images_dir: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A micro-batch of stream rows -> the processor's training samples, and one message per row that failed."""
+    out, errors = [], []
+    for i, t in zip(batch["sample"].tolist(), batch["text"].tolist()):
+        s = samples[i]
+        one = Sample(index=s.index, image=s.image, texts=[s.texts[t]], masks=[s.masks[t]])
         try:
-            d = decode_sample(record, images_dir)
+            d = decode_sample(one, images_dir)
         except Exception as e:  # changed since validation: this row is left out of its micro-batch
-            errors.append(f"record {index} ({record.image}): cannot decode: {type(e).__name__}: {e}")
+            errors.append(f"record {s.index} ({s.image}): cannot decode: {type(e).__name__}: {e}")
             continue
-        samples.append({"image": d["image"], "masks": [d["masks"][0]], "texts": [text], "id": sample_id})
-    return samples, errors
+        out.append({"image": d["image"], "masks": [d["masks"][0]], "texts": [s.texts[t]], "id": s.sample_id(t)})
+    return out, errors
 
 
 def prefetched(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:

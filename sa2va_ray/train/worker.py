@@ -75,7 +75,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point: build, shard with DeepSpeed, train, validate, checkpoint, report.
 
     Args:
-        loop_config: ``{"cfg": config_to_dict(cfg), "val_samples": [...], "images_dir": str}``.
+        loop_config: ``{"cfg": config_to_dict(cfg), "train_samples": [...], "val_samples": [...],
+            "images_dir": str, "stream": StreamPlan.to_dict()}``.
     """
     import deepspeed
     import ray.train
@@ -143,13 +144,13 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.val_max_samples:
         val_samples = val_samples[: cfg.train.val_max_samples]
 
-    plan = StreamPlan(**loop_config["stream"])
+    plan, train_samples = StreamPlan(**loop_config["stream"]), loop_config["train_samples"]
     skip = step * cfg.train.grad_accum  # micro-batches of this rank's shard the restored steps already used
     if skip and is_main:
         print(f"[train] skipping the {skip} micro-batches per rank that steps 1-{step} used", flush=True)
 
     def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
-        samples, errors = decode_batch(batch, images_dir)
+        samples, errors = decode_batch(batch, train_samples, images_dir)
         if not samples:
             raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
         return processor.collate_train(samples), errors

@@ -40,13 +40,13 @@ def test_plan_refuses_a_set_smaller_than_one_step():
 def test_every_epoch_holds_each_row_once_in_its_own_order():
     samples = _samples(10, texts=2)
     stream = stream_rows(samples, 3, seed=7)
-    key = [(r["record_index"], r["text_index"]) for r in stream]
+    key = [(r["sample"], r["text"]) for r in stream]
     epochs = [key[e * 20:(e + 1) * 20] for e in range(3)]
     every_row = Counter((i, t) for i in range(10) for t in range(2))
     assert all(Counter(e) == every_row for e in epochs)
     assert len({tuple(e) for e in epochs}) == 3  # shuffled differently each epoch
-    assert [(r["record_index"], r["text_index"]) for r in stream_rows(samples, 3, seed=7)] == key  # seeded
-    assert [(r["record_index"], r["text_index"]) for r in stream_rows(samples, 3, seed=8)] != key
+    assert [(r["sample"], r["text"]) for r in stream_rows(samples, 3, seed=7)] == key  # seeded
+    assert [(r["sample"], r["text"]) for r in stream_rows(samples, 3, seed=8)] != key
 
 
 def test_decode_batch_matches_the_plain_decoder_and_names_a_missing_image(tmp_path):
@@ -59,14 +59,12 @@ def test_decode_batch_matches_the_plain_decoder_and_names_a_missing_image(tmp_pa
     annotations = generate_synthetic_set(tmp_path, patients=1, frames=2, size=64, seed=3)
     images = annotations.parent / "images"
     samples, _ = load_valid_samples(annotations, images)
-    rows = stream_rows(samples[:2], 1, seed=0)
-    rows[1]["image"] = "gone.png"
-    batch = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    decoded, errors = decode_batch(batch, str(images))
-    assert len(decoded) == 1 and len(errors) == 1
-    assert "gone.png" in errors[0] and f"record {rows[1]['record_index']}" in errors[0]
-    expected = next(r for s in samples[:2] for r in decode_rows(s, images)
-                    if r["sample_id"] == decoded[0]["id"])
+    samples = [samples[0], Sample(index=7, image="gone.png", texts=["v"], masks=samples[0].masks)]
+    batch = {"sample": np.array([1, 0]), "text": np.array([0, 0])}
+    decoded, errors = decode_batch(batch, samples, str(images))
+    assert len(errors) == 1 and "record 7 (gone.png): cannot decode" in errors[0]
+    [expected] = decode_rows(samples[0], images)
+    assert len(decoded) == 1 and decoded[0]["id"] == expected["sample_id"]
     np.testing.assert_array_equal(decoded[0]["image"], expected["image"])
     np.testing.assert_array_equal(decoded[0]["masks"][0], expected["mask"])
     assert decoded[0]["texts"] == [expected["text"]]
