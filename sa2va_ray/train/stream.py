@@ -18,7 +18,6 @@ its shard's first ``s * grad_accum`` micro-batches without decoding them, so it 
 from __future__ import annotations
 
 import math
-import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,29 +67,30 @@ def plan_stream(cfg: Config, samples: list[Sample]) -> StreamPlan:
     return StreamPlan(epochs=min(t.epochs, needed), rows_per_epoch=rows_per_epoch, rows_per_step=rows_per_step)
 
 
-def stream_rows(samples: list[Sample], epochs: int, seed: int) -> list[dict[str, int]]:
+def stream_rows(samples: list[Sample], epochs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of every epoch, each epoch a new shuffle of all (record, text) pairs, concatenated.
 
-    A row is two integers, ``sample`` (position in ``samples``) and ``text``: the stream stays small however many
-    epochs it holds; the samples themselves reach every worker once, in the train loop config.
+    A row is two integers: ``sample`` (position in ``samples``) and ``text``. The stream stays small however many
+    epochs it holds (8 bytes a row); the samples themselves reach every worker once, in the train loop config.
     """
-    rows = [{"sample": i, "text": t} for i, s in enumerate(samples) for t in range(len(s.texts))]
-    out: list[dict[str, int]] = []
-    for epoch in range(epochs):
-        order = list(rows)
-        random.Random(seed + epoch).shuffle(order)
-        out.extend(order)
-    return out
+    sample = np.array([i for i, s in enumerate(samples) for _ in s.texts], dtype=np.int32)
+    text = np.array([t for s in samples for t in range(len(s.texts))], dtype=np.int32)
+    orders = [np.random.default_rng(seed + epoch).permutation(len(sample)) for epoch in range(epochs)]
+    order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
+    return sample[order], text[order]
 
 
 def build_train_stream(cfg: Config, samples: list[Sample]):
     """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as (sample, text) rows."""
+    import pyarrow as pa
     import ray.data
 
     plan = plan_stream(cfg, samples)
-    rows = stream_rows(samples, plan.epochs, cfg.train.seed)
-    num_blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / plan.rows_per_step)))
-    return ray.data.from_items(rows, override_num_blocks=num_blocks), plan
+    sample, text = stream_rows(samples, plan.epochs, cfg.train.seed)
+    table = pa.table({"sample": sample, "text": text})
+    per_block = max(plan.rows_per_step, math.ceil(len(sample) / MAX_BLOCKS))
+    blocks = [table.slice(start, per_block) for start in range(0, len(sample), per_block)]
+    return ray.data.from_arrow(blocks), plan
 
 
 def decode_batch(

@@ -39,14 +39,14 @@ def test_plan_refuses_a_set_smaller_than_one_step():
 
 def test_every_epoch_holds_each_row_once_in_its_own_order():
     samples = _samples(10, texts=2)
-    stream = stream_rows(samples, 3, seed=7)
-    key = [(r["sample"], r["text"]) for r in stream]
+    sample, text = stream_rows(samples, 3, seed=7)
+    key = list(zip(sample.tolist(), text.tolist()))
     epochs = [key[e * 20:(e + 1) * 20] for e in range(3)]
     every_row = Counter((i, t) for i in range(10) for t in range(2))
-    assert all(Counter(e) == every_row for e in epochs)
+    assert len(key) == 60 and all(Counter(e) == every_row for e in epochs)
     assert len({tuple(e) for e in epochs}) == 3  # shuffled differently each epoch
-    assert [(r["sample"], r["text"]) for r in stream_rows(samples, 3, seed=7)] == key  # seeded
-    assert [(r["sample"], r["text"]) for r in stream_rows(samples, 3, seed=8)] != key
+    assert list(zip(*(a.tolist() for a in stream_rows(samples, 3, seed=7)))) == key  # seeded
+    assert list(zip(*(a.tolist() for a in stream_rows(samples, 3, seed=8)))) != key
 
 
 def test_decode_batch_matches_the_plain_decoder_and_names_a_missing_image(tmp_path):
@@ -89,3 +89,15 @@ def test_epoch_of_a_step():
     plan = StreamPlan(epochs=5, rows_per_epoch=20, rows_per_step=8)
     # steps 1-3 read rows 0-23: step 3 starts at row 16 (epoch 0); step 4 starts at row 24 (epoch 1)
     assert [plan.epoch_of(s) for s in (1, 2, 3, 4, 5, 6)] == [0, 0, 0, 1, 1, 2]
+
+
+def test_the_ray_dataset_is_the_planned_stream(ray_cluster):
+    from sa2va_ray.train.stream import build_train_stream
+
+    samples = _samples(9)
+    ds, plan = build_train_stream(_cfg(max_steps=5, micro_batch_size=2), samples)  # 4 rows a step, 9 an epoch
+    assert plan == StreamPlan(epochs=4, rows_per_epoch=9, rows_per_step=4)
+    sample, text = stream_rows(samples, plan.epochs, seed=0)
+    rows = ds.take_all()
+    assert [(r["sample"], r["text"]) for r in rows] == list(zip(sample.tolist(), text.tolist()))
+    assert ds.num_blocks() == 9  # blocks of one step's rows
