@@ -57,6 +57,8 @@ def test_resume_continues_step_count(zero2_run, synthetic_set):
     assert _train(job_overrides(synthetic_set, zero2_run, "train.max_steps=6")) == 0
     steps = [int(r["step"]) for r in _log(zero2_run)]
     assert steps == [1, 2, 3, 4, 5, 6], steps  # steps 1-4 kept, 5-6 new: resumed, not restarted
+    lr = [float(r["health/lr"]) for r in _log(zero2_run)]
+    assert lr[3] == 0.0 and lr[4] > 0.0  # the cosine follows the new max_steps, not the finished 4-step schedule
     states = [json.loads((c / "train_state.json").read_text())["step"] for c in _checkpoints(zero2_run)]
     assert max(states) == 6
 
