@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,11 @@ def main(synthetic: str, out: str) -> int:
     ]
     rc = train.main(["--config", str(REPO / "configs/demo.yaml"), *common, "train.max_steps=3",
                      "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=SPREAD"])
+    # Evaluation starts on an idle cluster: Ray Train releases its workers' CPUs asynchronously, and a node still
+    # holding them leaves room for both predictor actors on the other one (seen once in CI).
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
     # every record (12), not only the validation split (3): enough batches that both actors get some
     rc = rc or evaluate.main(["--config", str(REPO / "configs/demo.yaml"), *common, f"model.path={out}/model",
                               f"data.val_annotations={synthetic}/annotations.json"])

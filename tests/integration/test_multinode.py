@@ -29,4 +29,6 @@ def test_training_and_evaluation_use_both_nodes(ray_auth_token, synthetic_set, t
     table = pd.read_parquet(tmp_path / "eval" / "samples.parquet")
     assert (table["status"] == "ok").all() and len(table) > 0  # one table from both nodes
     eval_nodes = {w.split(":")[1] for w in table["worker"] if w}
-    assert {n[:12] for n in nodes} == eval_nodes, "evaluation actors should run on both nodes"
+    assert {n[:12] for n in nodes} == eval_nodes, (
+        f"evaluation actors should run on both nodes; rows per actor: {table['worker'].value_counts().to_dict()}\n"
+        + proc.stdout[-3000:])
