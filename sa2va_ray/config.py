@@ -51,6 +51,7 @@ class DataConfig:
     split_seed: int = 0
     group_regex: str = ""  # regex whose first group is the patient id; empty: the built-in default
     strict: bool = False  # any invalid record fails the job before work starts
+    allow_symlinks_outside: bool = False  # accept image symlinks that lead out of images_dir (else unsafe_path)
     pseudonymise: bool = False  # replace patient names/ids with salted hashes in every output
     salt: str = "sa2va-ray"  # salt for pseudonymisation (change it per project)
     deterministic: bool = False  # Ray Data keeps row order, so the same seed sees the same batches (slower)
