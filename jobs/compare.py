@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import command_line, init_ray, parse_job_args  # noqa: E402
+from sa2va_ray.cli import check_model_path, command_line, init_ray, job_main, parse_job_args  # noqa: E402
 from sa2va_ray.config import save_config, with_overrides  # noqa: E402
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     from sa2va_ray.evaluate.compare import (
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).exists():
             print(f"config error: compare.{name}={path} does not exist", file=sys.stderr)
             return 2
-    save_config(cfg, command=command_line())
+        if find_eval_dir(path) is None:
+            check_model_path(path, key=f"compare.{name}")
     out = Path(cfg.output_dir) / "compare"
     eval_dirs = {}
     for name, path in sides.items():
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     result = compare_tables(ta, tb, sa, sb, n_boot=cfg.eval.n_boot, tolerance=cfg.compare.tolerance,
                             labels=(str(sides["a"]), str(sides["b"])))
     write_comparison(result, out)
+    save_config(cfg, command=command_line())
     print(format_comparison(result), flush=True)
     print(f"[compare] written: {out / 'summary.md'}, {out / 'paired.csv'}", flush=True)
     return 0

@@ -14,24 +14,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import command_line, init_ray, parse_job_args  # noqa: E402
+from sa2va_ray.cli import check_data_paths, check_model_path, command_line, init_ray, job_main, parse_job_args  # noqa: E402
 from sa2va_ray.config import save_config  # noqa: E402
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
-    save_config(cfg, command=command_line())
-    from sa2va_ray.data.annotations import AnnotationFileError
-    from sa2va_ray.evaluate.pipeline import check_model_path, run_evaluation
+    from sa2va_ray.evaluate.pipeline import run_evaluation
     from sa2va_ray.evaluate.report import format_metric_table
+    from sa2va_ray.resources import check_gpus_exist
 
-    try:
-        check_model_path(cfg)
-        init_ray()
-        result = run_evaluation(cfg)
-    except (FileNotFoundError, AnnotationFileError) as e:  # nothing to evaluate or no model: say so in one line
-        print(f"[eval] error: {e}", file=sys.stderr, flush=True)
-        return 2
+    check_model_path(cfg.model.path)
+    check_data_paths(cfg)
+    init_ray()
+    check_gpus_exist(cfg, "evaluation with scaling.use_gpu=true")
+    result = run_evaluation(cfg)  # eval/ is replaced only once complete
+    save_config(cfg, command=command_line())  # then the config that produced it
     s, out = result.summary, result.out_dir
     print(f"\n[eval] {s['n_records']} records, {s['n_samples']} samples: {s['n_ok']} ok, {s['n_failed']} failed; "
           f"gIoU {s['giou']:.4f}, cIoU {s['ciou']:.4f}; model {str(s['model_fingerprint'])[:12]}", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import parse_job_args  # noqa: E402
+from sa2va_ray.cli import check_model_path, job_main, parse_job_args  # noqa: E402
 
 
 def _split_source(argv: list[str] | None) -> tuple[str, list[str]]:
@@ -27,6 +27,7 @@ def _split_source(argv: list[str] | None) -> tuple[str, list[str]]:
     return known.source, rest
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     source, rest = _split_source(argv)
     cfg, _ = parse_job_args(__doc__.splitlines()[0], rest)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: {checkpoint} is not a training checkpoint (no trainable.safetensors, no config.yaml with "
               "DeepSpeed shards)", file=sys.stderr)
         return 2
+    check_model_path(checkpoint, key="model.path" if not cfg.export.checkpoint else "export.checkpoint")
     out = cfg.export.out or str(Path(cfg.output_dir) / "model")
     model_dir = export_checkpoint(checkpoint, out, adapter=cfg.export.adapter, source=source)
     fp = read_fingerprint(model_dir)

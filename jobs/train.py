@@ -11,17 +11,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import command_line, init_ray, parse_job_args  # noqa: E402
+from sa2va_ray.cli import check_data_paths, check_model_path, command_line, init_ray, job_main, parse_job_args  # noqa: E402
 from sa2va_ray.config import save_config  # noqa: E402
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
-    save_config(cfg, command=command_line())
+    check_model_path(cfg.model.path)
+    check_data_paths(cfg)
     init_ray()
     from sa2va_ray.train.driver import run_training_driver
 
     outcome = run_training_driver(cfg)
+    save_config(cfg, command=command_line())  # after the outputs it describes: an interrupted run leaves the old one
     print(f"[train] done: model in {outcome.model_dir}, checkpoint {outcome.checkpoint}", flush=True)
     return 0
 

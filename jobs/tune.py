@@ -11,15 +11,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import command_line, init_ray, parse_job_args  # noqa: E402
+from sa2va_ray.cli import (  # noqa: E402
+    check_data_paths,
+    check_model_path,
+    command_line,
+    init_ray,
+    job_main,
+    parse_job_args,
+)
 from sa2va_ray.config import save_config  # noqa: E402
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
+    check_model_path(cfg.model.path)
+    check_data_paths(cfg)
     save_config(cfg, command=command_line())
     init_ray()
+    from sa2va_ray.resources import check_training_fits
     from sa2va_ray.tune.driver import run_tune_driver
+
+    check_training_fits(cfg)  # every trial is a run of scaling.num_workers workers
     from sa2va_ray.tune.leaderboard import build_leaderboard, loss_vs_metric_note, write_leaderboard
 
     grid = run_tune_driver(cfg)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shlex
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 from sa2va_ray.config import Config, ConfigError, load_config
 
@@ -25,6 +29,9 @@ def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[Con
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides).resolve_paths()
+        check_writable(cfg.output_dir, "output_dir")
+        if cfg.storage_path and "://" not in cfg.storage_path:
+            check_writable(cfg.storage_path, "storage_path")
     except ConfigError as e:
         parser.exit(2, f"config error: {e}\n")
     if args.strict:
@@ -32,6 +39,67 @@ def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[Con
         cfg.eval.strict = True
     setup_logging()
     return cfg, args
+
+
+def check_writable(path: str, key: str) -> None:
+    """Create ``path`` if needed and prove a file can be written in it; else a :class:`ConfigError` naming ``key``."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}={path} is not writable ({e.strerror or e}); choose another {key}") from None
+
+
+def check_model_path(path: str, key: str = "model.path") -> None:
+    """Pre-flight of a model directory or training checkpoint on the driver: it exists, and its headers and sizes are
+    intact (:mod:`sa2va_ray.integrity`); else an :class:`~sa2va_ray.integrity.IntegrityError` naming the file."""
+    from sa2va_ray.integrity import IntegrityError, find_damage
+
+    if not path:
+        return
+    p = Path(path)
+    if not ((p / "config.json").is_file() or (p / "trainable.safetensors").is_file()):
+        what = "does not exist" if not p.exists() else "is neither a model directory (config.json) nor a training " \
+            "checkpoint (trainable.safetensors)"
+        raise IntegrityError(f"{key}={path} {what}")
+    reason = find_damage(p)
+    if reason:
+        raise IntegrityError(f"{key}: {reason}; re-export or copy it again, or point {key} at an intact model")
+
+
+def check_data_paths(cfg: Config) -> None:
+    """The annotation files and image directory the config names exist (unless the synthetic set makes them)."""
+    d = cfg.data
+    if d.synthetic.enabled:
+        return
+    for key, path, is_dir in (("data.annotations", d.annotations, False), ("data.val_annotations", d.val_annotations,
+                              False), ("data.images_dir", d.images_dir, True)):
+        if path and "://" not in path and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
+            kind = "directory" if is_dir else "file"
+            raise ConfigError(f"{key}={path}: no such {kind}; point {key} at an existing {kind} "
+                              "(or set data.synthetic.enabled=true for the demo set)")
+
+
+def job_main(fn: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a job's ``main``: a problem the user can fix (a key, a file, a cluster too small) found before or while
+    starting the work is one line on stderr and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def main(*args, **kwargs) -> int:
+        from sa2va_ray.data.annotations import AnnotationFileError
+        from sa2va_ray.integrity import IntegrityError
+        from sa2va_ray.resources import ResourceError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr, flush=True)
+        except (IntegrityError, ResourceError, AnnotationFileError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+    return main
 
 
 def command_line() -> str:
@@ -45,8 +113,27 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ``host:port`` GCS address answers a TCP connect within ``timeout_s`` (Ray itself retries a dead one for
+    minutes); other forms (``auto``, ``ray://``) are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.strerror or e}); start it, or "
+                          "unset RAY_ADDRESS to run on a local Ray") from None
+
+
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set (``ray job submit`` sets it), else start a local Ray."""
+    """Connect to ``RAY_ADDRESS`` when set (``ray job submit`` sets it), else start a local Ray.
+
+    Never ``ray.init()`` without an address: that joins whatever Ray's ``ray_current_cluster`` file names, and after
+    that head died it retries the dead GCS for minutes. ``address="local"`` always starts a new local instance.
+    """
     import ray
 
     if ray.is_initialized():
@@ -58,8 +145,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # Workers import the package from the working dir (ray job submit --working-dir .) or the install.
     if os.environ.get("RAY_ADDRESS"):
-        log.info("connecting to Ray at %s", os.environ["RAY_ADDRESS"])
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        address = os.environ["RAY_ADDRESS"]
+        log.info("connecting to Ray at %s", address)
+        check_reachable(address)
+        ray.init(address=address, log_to_driver=True)
     else:
         log.info("starting a local Ray (set RAY_ADDRESS to use a cluster)")
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)

@@ -121,6 +121,10 @@ class HealthConfig:
     patience: int = 20  # consecutive such steps before warning
     fail_on_unchanged: bool = True  # fail the job when final trainable weights equal the initial ones
 
+    def __post_init__(self) -> None:
+        if self.patience < 1 or self.min_update_ratio < 0:
+            raise ConfigError("train.health needs patience >= 1 and min_update_ratio >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -146,10 +150,15 @@ class TrainConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("train.max_steps, train.micro_batch_size and train.grad_accum must be >= 1")
-        if self.lr < 0:
-            raise ConfigError("train.lr must be >= 0")
+        for key in ("max_steps", "epochs", "micro_batch_size", "grad_accum", "log_every", "num_to_keep"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "weight_decay", "warmup_steps", "clip_grad", "val_every", "val_max_samples",
+                    "checkpoint_every", "fail_at_step"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -162,10 +171,15 @@ class ScalingConfig:
     gpus_per_worker: float = 1.0  # used when use_gpu
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_failures: int = 1  # worker failures Ray Train recovers from (from the last checkpoint)
+    wait_for_resources_s: float = 0.0  # autoscaling cluster: seconds to wait for it to grow big enough; 0: fail at once
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("scaling.num_workers must be >= 1")
+        if self.cpus_per_worker <= 0 or (self.use_gpu and self.gpus_per_worker <= 0):
+            raise ConfigError("scaling.cpus_per_worker (and gpus_per_worker with use_gpu) must be > 0")
+        if self.max_failures < -1 or self.wait_for_resources_s < 0:
+            raise ConfigError("scaling.max_failures must be >= -1 (-1: unlimited), wait_for_resources_s >= 0")
         if self.placement_strategy not in {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"}:
             raise ConfigError(f"scaling.placement_strategy: unknown {self.placement_strategy!r}")
 
@@ -206,6 +220,8 @@ class EvalConfig:
             raise ConfigError(f"eval.mode must be teacher_forced or generate, got {self.mode!r}")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ConfigError("eval.batch_size and eval.num_actors must be >= 1")
+        if self.num_overlays < 0 or self.n_boot < 0:
+            raise ConfigError("eval.num_overlays and eval.n_boot must be >= 0")
 
 
 @dataclass
@@ -359,7 +375,9 @@ def save_config(cfg: Config, path: str | os.PathLike | None = None, command: str
     out = Path(path) if path else Path(cfg.output_dir) / "config.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     head = f"# {command}\n" if command else ""
-    out.write_text(head + OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # a reader never sees half a file
+    tmp.write_text(head + OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    os.replace(tmp, out)
     return out
 
 

@@ -324,11 +324,44 @@ def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> EvalResult
         cfg: run config; Ray must be initialised (``sa2va_ray.cli.init_ray``).
         out_dir: default ``output_dir/eval``.
 
+    Every file is written into a temporary sibling directory that replaces ``out_dir`` only once complete, so an
+    interrupted evaluation leaves the previous one whole (never a mix of both).
+
     Returns:
         The summary, the table (as written) and the overlay paths.
     """
-    out = Path(out_dir) if out_dir else Path(cfg.output_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir) if out_dir else Path(cfg.output_dir) / "eval"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _staging_dir(final) as out:
+        result = _evaluate_into(cfg, out)
+    result.overlays = [final / p.relative_to(out) for p in result.overlays]
+    result.out_dir = final
+    return result
+
+
+@contextlib.contextmanager
+def _staging_dir(final: Path):
+    """A fresh ``.<name>.partial-<pid>`` beside ``final``; on success it takes ``final``'s place, else it is removed."""
+    import os
+    import shutil
+
+    for leftover in final.parent.glob(f".{final.name}.*-*"):  # of an earlier interrupted run
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     t0 = time.perf_counter()
     check_model_path(cfg)
     inputs = collect_eval_inputs(cfg)

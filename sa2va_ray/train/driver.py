@@ -30,6 +30,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from sa2va_ray.train.resume import repair_run_dir
     from sa2va_ray.train.stream import build_train_stream
     from sa2va_ray.train.worker import train_fn_per_worker
 
@@ -56,6 +57,8 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
         )
+    if "://" not in run_config.storage_path:  # resume only from committed, intact checkpoints
+        repair_run_dir(Path(run_config.storage_path) / run_config.name)
     train_ds, plan = build_train_stream(cfg, splits.train)
     loop_config = {"cfg": config_to_dict(cfg), "train_samples": splits.train, "val_samples": splits.val,
                    "images_dir": splits.images_dir, "stream": plan.to_dict()}
@@ -78,12 +81,16 @@ def pick_checkpoint(result, prefer_best: bool):
 
 def run_training_driver(cfg: Config) -> TrainOutcome:
     """Validate and split the data, train on Ray workers, export the chosen checkpoint to ``output_dir/model``."""
+    from sa2va_ray.data.annotations import AnnotationFileError
     from sa2va_ray.export.exporter import export_checkpoint
+    from sa2va_ray.resources import check_training_fits
 
     splits = prepare_splits(cfg)
     print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
     if not splits.train:
-        raise RuntimeError("no valid training records: see the validation report above")
+        raise AnnotationFileError(f"no valid training records in {cfg.data.annotations}: see the validation report "
+                                  "above; fix the records or point data.annotations at another file")
+    check_training_fits(cfg)  # a request the cluster can never hold fails now instead of waiting forever
     trainer = build_trainer(cfg, splits)
     result = trainer.fit()
     if result.error:

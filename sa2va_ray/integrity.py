@@ -1,0 +1,171 @@
+"""File-level integrity of model directories and training checkpoints, checked from the driver before any Ray work.
+
+Reads headers and sizes only (no tensor data, no unpickling; stdlib only), so a truncated or garbage file is named
+in one line instead of surfacing as an ``ActorDiedError`` on a worker or a traceback on every resume:
+
+* ``*.safetensors``: the 8-byte header length and the JSON header parse, every tensor's byte range lies inside the
+  file and matches its dtype and shape, and the data section ends exactly at the end of the file;
+* ``*.json``: parses (``config.json`` as an object);
+* DeepSpeed shards (``torch.save`` zip archives): every rank's file the checkpoint's ``train_state.json`` promises is
+  there, the zip's central directory (at the end of the file) is readable and every member lies inside the file;
+  small files also have their CRCs checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zipfile
+from pathlib import Path
+
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+CRC_CHECK_MAX_BYTES = 64 << 20
+"""Zip members of files up to this size are read in full to check their CRCs (larger ones: structure only)."""
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+
+
+class IntegrityError(ValueError):
+    """A model or checkpoint file is missing, truncated or unreadable; the message names the file and the fix."""
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise :class:`IntegrityError` unless ``path`` is a complete safetensors file (header and sizes only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise IntegrityError(f"{p}: missing")
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise IntegrityError(f"{p}: truncated ({size} bytes, not even a safetensors header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise IntegrityError(f"{p}: truncated or not safetensors (header of {n} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise IntegrityError(f"{p}: unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise IntegrityError(f"{p}: unreadable safetensors header (not a JSON object)")
+    data_bytes, end = size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(v) for v in info["data_offsets"])
+            want = DTYPE_BYTES.get(info["dtype"], 0) * math.prod(int(d) for d in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(f"{p}: unreadable safetensors header entry for {name!r}") from None
+        if stop > data_bytes:
+            raise IntegrityError(f"{p}: truncated: tensor {name!r} ends at byte {stop} of a {data_bytes}-byte "
+                                 "data section")
+        if want and stop - begin != want:
+            raise IntegrityError(f"{p}: tensor {name!r} holds {stop - begin} bytes, its dtype and shape need {want}")
+        end = max(end, stop)
+    if end != data_bytes:
+        raise IntegrityError(f"{p}: {data_bytes - end} bytes after the last tensor (damaged or not safetensors)")
+
+
+def check_json(path: str | Path, want_object: bool = True) -> object:
+    """Parse a JSON file or raise :class:`IntegrityError` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise IntegrityError(f"{p}: missing")
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IntegrityError(f"{p}: not valid JSON ({e})") from None
+    if want_object and not isinstance(value, dict):
+        raise IntegrityError(f"{p}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def check_torch_zip(path: str | Path) -> None:
+    """Raise :class:`IntegrityError` unless ``path`` is a complete ``torch.save`` zip archive (structure; CRCs when
+    small). Never unpickles anything."""
+    p = Path(path)
+    if not p.is_file():
+        raise IntegrityError(f"{p}: missing")
+    size = p.stat().st_size
+    try:
+        with zipfile.ZipFile(p) as z:
+            infos = z.infolist()
+            if not infos:
+                raise IntegrityError(f"{p}: empty archive")
+            for info in infos:
+                if info.header_offset + info.compress_size > size:
+                    raise IntegrityError(f"{p}: truncated (member {info.filename} runs past the end)")
+            if size <= CRC_CHECK_MAX_BYTES:
+                bad = z.testzip()
+                if bad is not None:
+                    raise IntegrityError(f"{p}: damaged (CRC mismatch in {bad})")
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise IntegrityError(f"{p}: truncated or not a torch checkpoint ({e})") from None
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A Hugging Face model directory: top-level JSON files parse, every safetensors file is complete, and the
+    weight index (when sharded) names files that exist."""
+    d = Path(path)
+    check_json(d / "config.json")
+    for j in sorted(d.glob("*.json")):
+        check_json(j, want_object=False)
+    weights = sorted(d.glob("*.safetensors"))
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set((check_json(index).get("weight_map") or {}).values())
+        missing = sorted(s for s in shards if not (d / s).is_file())
+        if missing:
+            raise IntegrityError(f"{d / missing[0]}: missing (named in {index.name})")
+    if not weights and not list(d.glob("*.bin")):
+        raise IntegrityError(f"{d}: no weight files (*.safetensors)")
+    for w in weights:
+        check_safetensors(w)
+
+
+def expected_deepspeed_files(zero_stage: int, world_size: int) -> list[str]:
+    """Glob patterns (one per file) of the DeepSpeed shards a checkpoint of this stage and world size holds."""
+    if zero_stage == 3:
+        model = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+    else:
+        model = ["mp_rank_00_model_states.pt"]
+    optim = [f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world_size)] if zero_stage else []
+    return model + optim
+
+
+def check_training_checkpoint(path: str | Path) -> None:
+    """A checkpoint written by :mod:`sa2va_ray.train.checkpoint`: metadata parses, ``trainable.safetensors`` is
+    complete and every rank's DeepSpeed shard is present and complete."""
+    d = Path(path)
+    if not d.is_dir():
+        raise IntegrityError(f"{d}: missing")
+    state = check_json(d / "train_state.json")
+    if not (d / "config.yaml").is_file():
+        raise IntegrityError(f"{d / 'config.yaml'}: missing")
+    check_safetensors(d / "trainable.safetensors")
+    ds = d / "deepspeed"
+    if not ds.is_dir():
+        raise IntegrityError(f"{ds}: missing (the DeepSpeed shards)")
+    try:
+        stage, world = int(state["zero_stage"]), int(state["world_size"])
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError(f"{d / 'train_state.json'}: no zero_stage/world_size") from None
+    for pattern in expected_deepspeed_files(stage, world):
+        found = sorted(ds.glob(pattern))
+        if not found:
+            raise IntegrityError(f"{ds / pattern.lstrip('*')}: missing (ZeRO-{stage}, {world} ranks)")
+        check_torch_zip(found[0])
+
+
+def find_damage(path: str | Path, kind: str = "auto") -> str | None:
+    """None when intact, else the one-line reason (naming the file). ``kind``: auto | model | checkpoint."""
+    d = Path(path)
+    if kind == "auto":
+        kind = "checkpoint" if (d / "train_state.json").exists() or (d / "trainable.safetensors").exists() else "model"
+    try:
+        (check_training_checkpoint if kind == "checkpoint" else check_model_dir)(d)
+    except IntegrityError as e:
+        return str(e)
+    return None
