@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,37 +31,124 @@ def format_keys(keys: set[str] | list[str]) -> str:
     return f"{len(keys)}: {shown}{more}"
 
 
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor of a safetensors directory lives, read from the file headers (no tensor data)."""
+
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _weight_files(directory: Path) -> list[str]:
+    index = directory / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{index}: not a safetensors index (needs a 'weight_map'): {err}") from None
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (directory / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index}: lists {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
+                                    " missing; download or copy every shard")
+        return files
+    if (directory / WEIGHTS_NAME).is_file():
+        return [WEIGHTS_NAME]
+    files = sorted(p.name for p in directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no safetensors weights (model.safetensors or an index)")
+    return files
+
+
+def _read_header(path: Path) -> dict[str, TensorEntry]:
+    """Tensor names, shapes and dtypes of one safetensors file, checking the file holds all their bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"{path}: not a safetensors file (truncated or damaged header); download it again")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ValueError(f"{path}: not a safetensors file (unreadable header); download it again") from None
+    entries, end = {}, 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape, start_stop = tuple(info["shape"]), info["data_offsets"]
+        nbytes = _DTYPE_BYTES.get(info["dtype"], 1) * int(torch.Size(shape).numel())
+        if start_stop[1] - start_stop[0] != nbytes:
+            raise ValueError(f"{path}: {key} declares {shape} {info['dtype']} but holds "
+                             f"{start_stop[1] - start_stop[0]} bytes; download it again")
+        end = max(end, start_stop[1])
+        entries[key] = TensorEntry(path, shape, info["dtype"])
+    if 8 + n + end > size:
+        raise ValueError(f"{path}: truncated ({size} bytes, its header needs {8 + n + end}); download it again")
+    return entries
+
+
+def inspect_safetensors_dir(directory: str | os.PathLike) -> dict[str, TensorEntry]:
+    """Every tensor's file, shape and dtype from the headers alone, so that a layout can be checked before any
+    weight is read. Raises one-line errors naming the file: a shard listed in the index but missing, a truncated
+    or damaged file, a key stored twice."""
+    directory = Path(directory)
+    entries: dict[str, TensorEntry] = {}
+    for name in _weight_files(directory):
+        for key, entry in _read_header(directory / name).items():
+            if key in entries:
+                raise ValueError(f"{directory}: {key} is stored in both {entries[key].file.name} and {name}")
+            entries[key] = entry
+    return entries
+
+
 def read_safetensors_dir(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`.
 
     Other `*.safetensors` layouts (a single differently named file) are read too, as long as there is no index.
+    The headers are checked first (`inspect_safetensors_dir`).
     """
-    directory = Path(directory)
-    index = directory / INDEX_NAME
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (directory / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        files = sorted(p.name for p in directory.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{directory}: no safetensors weights")
+    entries = inspect_safetensors_dir(directory)
     state: dict[str, torch.Tensor] = {}
-    for name in files:
-        with safe_open(directory / name, framework="pt") as f:
+    for file in sorted({e.file for e in entries.values()}):
+        with safe_open(file, framework="pt") as f:
             for key in f.keys():
                 state[key] = f.get_tensor(key)
     return state
 
 
+def write_safetensors_dir(state: dict[str, torch.Tensor], directory: Path, max_shard_size: str | int = "5GB") -> None:
+    """Write `state` as `model.safetensors` or as shards with an index (replacing any earlier weights)."""
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    for old in directory.glob("model*.safetensors"):
+        old.unlink()
+    (directory / INDEX_NAME).unlink(missing_ok=True)
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, str(directory / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                 "weight_map": split.tensor_to_filename}
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
 def check_state_dict(
     model: torch.nn.Module,
-    state: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor] | dict[str, TensorEntry],
     *,
     allowed_missing: set[str] = frozenset(),
     source: str = "checkpoint",
 ) -> None:
-    """Raise ValueError when `state` does not cover the model exactly (missing, unexpected, shape mismatch)."""
+    """Raise ValueError when `state` does not cover the model exactly (missing, unexpected, shape mismatch).
+
+    `state` may hold tensors or `TensorEntry`s (shapes from the file headers), and `model` may live on the meta
+    device, so a layout is checked before any weight is read or allocated.
+    """
     expected = model.state_dict()
     missing = set(expected) - set(state) - set(allowed_missing)
     unexpected = set(state) - set(expected)
@@ -99,17 +187,7 @@ def save_pretrained_model(model: Sa2VAModel, directory: str | os.PathLike, max_s
     model.config.save_pretrained(directory)
     skip = tied_targets(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in skip}
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=max_shard_size)
-    for old in directory.glob("model*.safetensors"):
-        old.unlink()
-    (directory / INDEX_NAME).unlink(missing_ok=True)
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state[k] for k in keys}, str(directory / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-                 "weight_map": split.tensor_to_filename}
-        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+    write_safetensors_dir(state, directory, max_shard_size)
     if model.processor is not None:
         model.processor.save_pretrained(directory)
 
@@ -145,19 +223,57 @@ def build_empty_model(cls: type, config, dtype: torch.dtype | None = None):
         return cls(config)
 
 
+def build_meta_model(cls: type, config):
+    """The module tree with every parameter on the meta device (shapes only, no memory), e.g. 8B dimensions on a
+    laptop. Buffers stay real (they are small), so modules that compute tables in `__init__` still build."""
+    from accelerate import init_empty_weights
+
+    with no_init_weights(), init_empty_weights():
+        return cls(config)
+
+
+def read_config_json(directory: str | os.PathLike) -> dict:
+    """The parsed config.json of a model directory, or a one-line error naming the file."""
+    path = Path(directory) / "config.json"
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory}: not a directory (only local model directories are supported)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json; not a model directory (a sa2va-ray model, an official "
+                                "Sa2VA checkpoint, or a training checkpoint)")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore the file") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return raw
+
+
 def load_pretrained_model(cls: type, directory: str | os.PathLike, *, config=None, dtype=None, device=None):
-    """Body of `Sa2VAModel.from_pretrained`: build, load every tensor strictly, attach the processor."""
+    """Body of `Sa2VAModel.from_pretrained`: check the layout from the headers, build, load every tensor strictly,
+    attach the processor. A directory in the official Sa2VA layout is loaded with `load_from_official_sa2va`."""
     from sa2va_ray.model.config import Sa2VAConfig
+    from sa2va_ray.model.official import is_official_config
     from sa2va_ray.model.processor import Sa2VAProcessor
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: not a directory (only local model directories are supported)")
-    config = config if config is not None else Sa2VAConfig.from_pretrained(directory)
+    raw = read_config_json(directory)
+    if config is None and is_official_config(raw):
+        from sa2va_ray.model.loaders import load_from_official_sa2va
+
+        model = load_from_official_sa2va(directory, dtype=dtype)
+        return model.to(device) if device is not None else model
+    if config is None:
+        if raw.get("model_type") != Sa2VAConfig.model_type:
+            raise ValueError(f"{directory}/config.json: model_type {raw.get('model_type')!r} is neither "
+                             f"{Sa2VAConfig.model_type!r} nor the official 'sa2va_chat'")
+        config = Sa2VAConfig.from_pretrained(directory)
+    entries = inspect_safetensors_dir(directory)
+    meta = build_meta_model(cls, config)
+    check_state_dict(meta, entries, allowed_missing=tied_targets(meta), source=f"checkpoint {directory}")
     model = build_empty_model(cls, config, resolve_dtype(dtype))
     state = read_safetensors_dir(directory)
     skip = tied_targets(model)
-    check_state_dict(model, state, allowed_missing=skip, source=f"checkpoint {directory}")
     model.load_state_dict(state, strict=not skip)
     if skip:
         model.tie_weights()
@@ -166,3 +282,4 @@ def load_pretrained_model(cls: type, directory: str | os.PathLike, *, config=Non
         model.to(device)
     model.eval()
     return model
+

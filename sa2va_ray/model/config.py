@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import InternVLConfig, InternVLVisionConfig, PreTrainedConfig, Qwen2Config
 
 from sa2va_ray.model.sam2_builder import Sam2Settings, tiny_sam2_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official SAM2 preprocessing (`SAM2.preprocess_image` in the Sa2VA remote code) builds its mean/std tensors in
+# bfloat16, the default of its `dtype` argument that no caller passes: SAM2 sees ImageNet statistics rounded to bf16
+# (0.484375 for 0.485, ...), in training and inference alike. Using the exact values moves every SAM2 input.
+SAM2_MEAN = tuple(float(torch.tensor(v, dtype=torch.bfloat16)) for v in IMAGENET_MEAN)
+SAM2_STD = tuple(float(torch.tensor(v, dtype=torch.bfloat16)) for v in IMAGENET_STD)
 
 DEFAULT_PROMPT = "<image>\nPlease segment {text} in this image."
 DEFAULT_ANSWER = "It is [SEG]."

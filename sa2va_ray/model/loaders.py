@@ -7,24 +7,35 @@ are read with safetensors or `torch.load(weights_only=True)`: no pickled code ru
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, InternVLConfig, InternVLVisionConfig, Qwen2Config
+from transformers import AutoConfig, InternVLConfig
 
 from sa2va_ray.model.checkpoint import (
+    TensorEntry,
     build_empty_model,
+    build_meta_model,
     check_state_dict,
     format_keys,
+    inspect_safetensors_dir,
+    read_config_json,
     read_safetensors_dir,
     resolve_dtype,
     tied_targets,
 )
 from sa2va_ray.model.config import Sa2VAConfig, _token_fields
+from sa2va_ray.model.official import (
+    INFERENCE_MAX_TILES,
+    INFERENCE_MIN_TILES,
+    check_official_config,
+    convert_official_state_dict,
+    official_internvl_config,
+    official_key_to_ours,
+)
 from sa2va_ray.model.processor import Sa2VAProcessor
 from sa2va_ray.model.sa2va import Sa2VAModel
 from sa2va_ray.model.sam2_builder import Sam2Settings, load_sam2_checkpoint, load_sam2_settings
@@ -37,33 +48,6 @@ _INTERNVL_LEGACY = (
     (re.compile(r"^vision_tower\."), "model.vision_tower."),
     (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
 )
-
-# Official InternViT layer keys -> transformers InternVLVisionLayer keys (qkv is split separately).
-_VIT_LAYER = {
-    "attn.proj.weight": "attention.projection_layer.weight",
-    "attn.proj.bias": "attention.projection_layer.bias",
-    "attn.q_norm.weight": "attention.q_norm.weight",
-    "attn.k_norm.weight": "attention.k_norm.weight",
-    "ls1": "lambda_1",
-    "ls2": "lambda_2",
-    "norm1.weight": "layernorm_before.weight",
-    "norm1.bias": "layernorm_before.bias",
-    "norm2.weight": "layernorm_after.weight",
-    "norm2.bias": "layernorm_after.bias",
-    "mlp.fc1.weight": "mlp.fc1.weight",
-    "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight",
-    "mlp.fc2.bias": "mlp.fc2.bias",
-}
-_VIT_EMBED = {
-    "embeddings.class_embedding": "embeddings.cls_token",
-    "embeddings.position_embedding": "embeddings.position_embeddings",
-    "embeddings.patch_embedding.weight": "embeddings.patch_embeddings.projection.weight",
-    "embeddings.patch_embedding.bias": "embeddings.patch_embeddings.projection.bias",
-}
-_MLP1 = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
-_VISION = "mllm.model.vision_tower."
-
 
 def _sam2_settings(sam2_config: str | os.PathLike | Sam2Settings) -> Sam2Settings:
     return sam2_config if isinstance(sam2_config, Sam2Settings) else load_sam2_settings(sam2_config)
@@ -150,87 +134,18 @@ def load_from_internvl_and_sam2(
     return _finish(model, tokenizer, seed)
 
 
-def convert_official_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official Sa2VA (remote-code `Sa2VAChatModel`) keys -> our keys; InternViT qkv split into q/k/v.
-
-    Returns:
-        (converted state dict, official keys that have no mapping).
-    """
-    out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, value in state.items():
-        if key.startswith("vision_model."):
-            rest = key[len("vision_model."):]
-            layer = re.match(r"encoder\.layers\.(\d+)\.(.+)$", rest)
-            if layer:
-                prefix, sub = f"{_VISION}encoder.layer.{layer.group(1)}.", layer.group(2)
-                if sub in ("attn.qkv.weight", "attn.qkv.bias"):
-                    kind = sub.rsplit(".", 1)[1]
-                    for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                        out[f"{prefix}attention.{name}.{kind}"] = part.clone()
-                elif sub in _VIT_LAYER:
-                    out[prefix + _VIT_LAYER[sub]] = value
-                else:
-                    unmapped.append(key)
-            elif rest in _VIT_EMBED:
-                out[_VISION + _VIT_EMBED[rest]] = value
-            else:
-                unmapped.append(key)
-        elif key.startswith("mlp1."):
-            idx, _, param = key[len("mlp1."):].partition(".")
-            if idx in _MLP1:
-                out[f"mllm.model.multi_modal_projector.{_MLP1[idx]}.{param}"] = value
-            else:
-                unmapped.append(key)
-        elif key.startswith("language_model.model."):
-            out["mllm.model.language_model." + key[len("language_model.model."):]] = value
-        elif key.startswith("language_model.lm_head."):
-            out["mllm.lm_head." + key[len("language_model.lm_head."):]] = value
-        elif key.startswith("grounding_encoder.sam2_model."):
-            out["sam2." + key[len("grounding_encoder.sam2_model."):]] = value
-        elif key.startswith("text_hidden_fcs."):
-            out[key] = value
-        else:
-            unmapped.append(key)
-    return out, unmapped
-
-
-def official_internvl_config(raw: dict[str, Any], image_token_id: int) -> InternVLConfig:
-    """Native InternVLConfig from an official Sa2VA config.json (`vision_config` + `llm_config`)."""
-    vc, lc = raw["vision_config"], dict(raw["llm_config"])
-    arch = (lc.get("architectures") or ["?"])[0]
-    if arch != "Qwen2ForCausalLM":
-        raise ValueError(f"only Qwen2-based Sa2VA (InternVL2.5/3) maps onto native InternVL; got {arch}")
-    if raw.get("select_layer", -1) != -1 or raw.get("ps_version", "v2") != "v2":
-        raise ValueError(f"unsupported select_layer={raw.get('select_layer')} ps_version={raw.get('ps_version')}")
-    vision = InternVLVisionConfig(
-        hidden_size=vc["hidden_size"],
-        num_hidden_layers=vc["num_hidden_layers"],
-        num_attention_heads=vc["num_attention_heads"],
-        intermediate_size=vc["intermediate_size"],
-        image_size=raw.get("force_image_size") or vc["image_size"],
-        patch_size=vc["patch_size"],
-        attention_bias=vc.get("qkv_bias", True),
-        use_qk_norm=vc.get("qk_normalization", False),
-        norm_type=vc.get("norm_type", "layer_norm"),
-        layer_norm_eps=vc.get("layer_norm_eps", 1e-6),
-        hidden_act=vc.get("hidden_act", "gelu"),
-        use_mean_pooling=True,
-    )
-    for drop in ("architectures", "auto_map", "_name_or_path", "transformers_version", "attn_implementation"):
-        lc.pop(drop, None)
-    text = Qwen2Config.from_dict(lc)
-    tie = bool(lc.get("tie_word_embeddings", False))
-    patches = int(vision.image_size[0]) // int(vision.patch_size[0])
-    ratio = float(raw.get("downsample_ratio", 0.5))
-    return InternVLConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                          image_seq_length=int(patches * patches * ratio**2), downsample_ratio=ratio,
-                          tie_word_embeddings=tie)
+def _official_sam2_settings(raw: dict[str, Any], sam2_config) -> Sam2Settings:
+    """The SAM2 layout of `grounding_encoder.sam2_model`: what the caller names, else what our own official export
+    recorded, else the official code's (SAM2 Hiera-L with the v1 flags, 1024 px: `sam2_hiera_l`)."""
+    if sam2_config is not None:
+        return _sam2_settings(sam2_config)
+    recorded = (raw.get("sa2va_ray") or {}).get("sam2")
+    return Sam2Settings.from_dict(recorded) if recorded else load_sam2_settings("sam2_hiera_l")
 
 
 def load_from_official_sa2va(
     directory: str | os.PathLike,
-    sam2_config: str | os.PathLike | Sam2Settings = "sam2_hiera_l",
+    sam2_config: str | os.PathLike | Sam2Settings | None = None,
     *,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
@@ -238,35 +153,54 @@ def load_from_official_sa2va(
 ) -> Sa2VAModel:
     """A Sa2VA model from an official Hugging Face checkpoint (e.g. ByteDance/Sa2VA-InternVL3-8B).
 
+    Everything that can be checked without reading weights is checked first (config.json, the LLM family, every
+    shard present and whole, every key placed with its shape), each failure one line naming the file and key.
+
     Args:
         directory: local checkpoint directory (config.json of `Sa2VAChatModel`, safetensors, tokenizer).
-        sam2_config: SAM2 layout of `grounding_encoder.sam2_model` (official checkpoints: SAM2 Hiera-L,
-            "sam2_hiera_l"); a YAML path, preset name or Sam2Settings.
+        sam2_config: SAM2 layout of `grounding_encoder.sam2_model`; default: recorded by our own official export,
+            else the official code's SAM2 Hiera-L ("sam2_hiera_l"). A YAML path, preset name or Sam2Settings.
         dtype: parameter dtype; default float32.
         seed: seeds embedding rows for any Sa2VA token the checkpoint's tokenizer lacked.
-        **config_overrides: Sa2VAConfig fields.
+        **config_overrides: Sa2VAConfig fields. Tiling defaults to what the official `predict_forward` uses
+            (1..12 tiles with a thumbnail), whatever `max_dynamic_patch` the config records.
 
     Returns:
-        The model in eval mode. Raises ValueError listing unmapped checkpoint keys or unloaded model tensors.
+        The model in eval mode. Raises ValueError / FileNotFoundError naming the file and the key.
     """
     directory = Path(directory)
-    raw = json.loads((directory / "config.json").read_text())
-    if "vision_config" not in raw or "llm_config" not in raw:
-        raise ValueError(f"{directory}/config.json: not an official Sa2VA config (needs vision_config, llm_config)")
+    raw = read_config_json(directory)
+    check_official_config(raw, f"{directory}/config.json")
+    entries = inspect_safetensors_dir(directory)
+    placed: dict[str, TensorEntry] = {}
+    unmapped: list[str] = []
+    for key, entry in entries.items():
+        targets = official_key_to_ours(key)
+        if not targets:
+            unmapped.append(key)
+        for target in targets:  # a fused qkv is split in three along dim 0
+            shape = (entry.shape[0] // len(targets),) + entry.shape[1:]
+            placed[target] = TensorEntry(entry.file, shape, entry.dtype)
+    if unmapped:
+        raise ValueError(f"cannot load {directory}: checkpoint keys with no place in the model {format_keys(unmapped)}")
+
     tokenizer = build_tokenizer(directory)
     ids = special_token_ids(tokenizer)
     internvl_config = official_internvl_config(raw, ids["img_context"])
-    fields: dict[str, Any] = {"max_tiles": raw.get("max_dynamic_patch", 12),
-                              "min_tiles": raw.get("min_dynamic_patch", 1)}
+    recorded = raw.get("sa2va_ray") or {}
+    fields: dict[str, Any] = {"min_tiles": INFERENCE_MIN_TILES, "max_tiles": INFERENCE_MAX_TILES}
+    if recorded:  # written by our own official export: its tiling and prompt, for an exact round trip
+        fields.update(min_tiles=int(raw.get("min_dynamic_patch", 1)), max_tiles=int(raw.get("max_dynamic_patch", 12)))
+        fields.update({k: recorded[k] for k in ("prompt_template", "answer_text", "max_length") if k in recorded})
     fields.update(config_overrides)
-    config = Sa2VAConfig(internvl_config=internvl_config, sam2=_sam2_settings(sam2_config).to_dict(),
+    config = Sa2VAConfig(internvl_config=internvl_config, sam2=_official_sam2_settings(raw, sam2_config).to_dict(),
                          **_token_fields(ids), **fields)
-    model = build_empty_model(Sa2VAModel, config, resolve_dtype(dtype))
+    meta = build_meta_model(Sa2VAModel, config)
+    check_state_dict(meta, placed, allowed_missing=tied_targets(meta), source=f"official Sa2VA {directory}")
 
-    state, unmapped = convert_official_state_dict(read_safetensors_dir(directory))
-    if unmapped:
-        raise ValueError(f"cannot load {directory}: checkpoint keys with no mapping {format_keys(unmapped)}")
-    check_state_dict(model, state, allowed_missing=tied_targets(model), source=f"official Sa2VA {directory}")
-    model.load_state_dict(state, strict=False)
+    model = build_empty_model(Sa2VAModel, config, resolve_dtype(dtype))
+    state, _ = convert_official_state_dict(read_safetensors_dir(directory))
+    dtype_now = next(model.parameters()).dtype
+    model.load_state_dict({k: v.to(dtype_now) for k, v in state.items()}, strict=False)
     model.tie_weights()
     return _finish(model, tokenizer, seed)

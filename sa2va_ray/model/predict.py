@@ -1,13 +1,22 @@
-"""`Sa2VAModel.predict`: masks at each image's own size, teacher-forced (batched) or by greedy generation."""
+"""`Sa2VAModel.predict`: masks at each image's own size, teacher-forced (batched) or by greedy generation.
+
+Post-processing follows the official `predict_forward` (bytedance/Sa2VA, `projects/sa2va/hf/models/`): SAM2's
+low-res logits are resized bilinearly to SAM2's input size (its video predictor's output resolution) and then to
+the image's size, and the mask is `sigmoid > threshold` (0.5 there). Generation is greedy and stops at
+`<|im_end|>` or `<|endoftext|>` (the `qwen_chat` stop words) or after `max_new_tokens` (2048 there); every `[SEG]`
+that was fed back to the model gives a mask, in order.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sa2va_ray.model.official import STOP_WORDS
 
 MODES = ("teacher_forced", "generate")
 
@@ -16,9 +25,11 @@ MODES = ("teacher_forced", "generate")
 class PredictionResult:
     """One prediction.
 
-    mask: bool (H, W) at the image's size (probability > threshold); prob: float32 (H, W) sigmoid probabilities;
-    text: the assistant answer (generated, or the forced ``"It is [SEG]."``); num_seg: `[SEG]` tokens in the
-    answer (0 means no mask was asked for: mask is all False, prob all 0); iou_score: SAM2's predicted IoU.
+    mask: bool (H, W) at the image's size (probability > threshold) of the first `[SEG]`; prob: float32 (H, W)
+    sigmoid probabilities of it; text: the assistant answer (generated, or the forced ``"It is [SEG]."``);
+    num_seg: `[SEG]` tokens in the answer (0 means no mask was asked for: mask is all False, prob all 0);
+    iou_score: SAM2's predicted IoU of the first mask; seg_masks: one bool (H, W) mask per `[SEG]`, in order
+    (the official `prediction_masks`); seg_hidden: (num_seg, H) float32 last-layer hidden states at the `[SEG]`s.
     """
 
     mask: np.ndarray
@@ -26,11 +37,15 @@ class PredictionResult:
     text: str
     num_seg: int
     iou_score: float
+    seg_masks: list[np.ndarray] = field(default_factory=list)
+    seg_hidden: np.ndarray | None = None
 
 
-def logits_to_prob(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(s, s) low-res logits -> (H, W) float32 probabilities (bilinear upsampling, then sigmoid)."""
-    up = F.interpolate(logits[None, None].float(), size=size, mode="bilinear", align_corners=False)
+def logits_to_prob(logits: torch.Tensor, size: tuple[int, int], sam_size: int) -> np.ndarray:
+    """(s, s) low-res logits -> (H, W) float32 probabilities, resized as the official code does: bilinearly to
+    SAM2's input size (`sam_size`, what SAM2's video predictor returns), then to the image's size, then sigmoid."""
+    up = F.interpolate(logits[None, None].float(), size=(sam_size, sam_size), mode="bilinear", align_corners=False)
+    up = F.interpolate(up, size=size, mode="bilinear", align_corners=False)
     return up[0, 0].sigmoid().cpu().numpy().astype(np.float32)
 
 
@@ -46,7 +61,7 @@ class PredictMixin:
         *,
         batch_size: int = 8,
         threshold: float = 0.5,
-        max_new_tokens: int = 32,
+        max_new_tokens: int = 2048,
         return_dict: bool = False,
         return_probs: bool = False,
     ) -> list[np.ndarray] | list[PredictionResult]:
@@ -55,12 +70,13 @@ class PredictMixin:
         Args:
             images: PIL images (any size, L/RGB/...) or uint8 arrays.
             texts: one referring expression per image.
-            mode: "teacher_forced" (one batched forward over prompt + "It is [SEG]."; fast) or "generate"
-                (greedy decoding one image at a time like the official `predict_forward`; the first generated
-                `[SEG]` gives the mask).
+            mode: "teacher_forced" (one batched forward over prompt + the config's `answer_text`, "It is [SEG]."
+                by default: fast, and what this project trains) or "generate" (greedy decoding one image at a time
+                like the official `predict_forward`: the faithful choice for a checkpoint trained on other
+                answers; the first generated `[SEG]` gives `mask`, every one a `seg_masks` entry).
             batch_size: images per forward in teacher-forced mode.
             threshold: probability threshold of the boolean masks.
-            max_new_tokens: generation limit.
+            max_new_tokens: generation limit (2048 as the official code; a trained model stops long before).
             return_dict / return_probs: either returns `PredictionResult`s (mask, prob, text, ...) instead of
                 bare masks.
 
@@ -91,10 +107,11 @@ class PredictMixin:
         out = self(**batch)
         # exactly one [SEG] per row (the processor rejects texts containing special tokens)
         results = []
+        sam_size = self.config.sam2_settings.image_size
         for row, size in enumerate(sizes):
-            prob = logits_to_prob(out.mask_logits[row], size)
+            prob = logits_to_prob(out.mask_logits[row], size, sam_size)
             results.append(PredictionResult(prob > threshold, prob, self.config.answer_text, 1,
-                                            float(out.iou_scores[row])))
+                                            float(out.iou_scores[row]), [prob > threshold]))
         return results
 
     def _predict_generate(self, image, text: str, threshold: float, max_new_tokens: int) -> PredictionResult:
@@ -105,31 +122,46 @@ class PredictMixin:
         if not seg_hidden:
             empty = np.zeros(size, dtype=np.float32)
             return PredictionResult(empty > 1.0, empty, answer, 0, 0.0)
-        prompts = self.text_hidden_fcs(torch.stack(seg_hidden[:1]))  # (1, C) first [SEG] only
+        hidden = torch.stack(seg_hidden)  # (N, H)
+        prompts = self.text_hidden_fcs(hidden)  # (N, C)
         features = self.encode_sam2_images(batch["sam_pixel_values"])
-        logits, ious = self.decode_masks(features, prompts, torch.zeros(1, dtype=torch.long, device=self.device))
-        prob = logits_to_prob(logits[0], size)
-        return PredictionResult(prob > threshold, prob, answer, len(seg_hidden), float(ious[0]))
+        image_index = torch.zeros(len(seg_hidden), dtype=torch.long, device=self.device)
+        logits, ious = self.decode_masks(features, prompts, image_index)
+        sam_size = self.config.sam2_settings.image_size
+        probs = [logits_to_prob(row, size, sam_size) for row in logits]
+        return PredictionResult(probs[0] > threshold, probs[0], answer, len(seg_hidden), float(ious[0]),
+                                [p > threshold for p in probs], hidden.float().cpu().numpy())
+
+    def stop_token_ids(self) -> set[int]:
+        """Tokens that end generation: `<|im_end|>`, `<|endoftext|>` and the tokenizer's eos (official stop words)."""
+        vocab = self.processor.tokenizer.get_vocab()
+        stops = {self.config.eos_token_id}
+        stops |= {vocab[w] for w in STOP_WORDS if w in vocab}
+        if self.processor.tokenizer.eos_token_id is not None:
+            stops.add(self.processor.tokenizer.eos_token_id)
+        return stops
 
     def _greedy_generate(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy decoding with a KV cache; returns generated ids (without the stop token) and the last-layer
-        hidden state of every generated `[SEG]` (the state computed when `[SEG]` is the input, as the official
-        `get_seg_hidden_states`)."""
-        cfg = self.config
+        hidden state of every `[SEG]` fed back to the model (the state computed when `[SEG]` is the input, as the
+        official `get_seg_hidden_states`; a token generated last, at the limit, is never fed and has none)."""
+        stops = self.stop_token_ids()
         out = self.mllm.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
         past, last = out.past_key_values, out.last_hidden_state[:, -1]  # (1, H)
         tokens: list[int] = []
         seg_hidden: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = int(self.mllm.lm_head(last).argmax(dim=-1))
-            if token == cfg.eos_token_id:
+            if token in stops:
                 break
             tokens.append(token)
-            step = torch.tensor([[token]], device=input_ids.device)
-            out = self.mllm.model(input_ids=step, past_key_values=past, use_cache=True)
+            if step == max_new_tokens - 1:
+                break
+            feed = torch.tensor([[token]], device=input_ids.device)
+            out = self.mllm.model(input_ids=feed, past_key_values=past, use_cache=True)
             past, last = out.past_key_values, out.last_hidden_state[:, -1]
-            if token == cfg.seg_token_id:
+            if token == self.config.seg_token_id:
                 seg_hidden.append(last[0])
         return tokens, seg_hidden

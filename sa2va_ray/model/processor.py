@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from sa2va_ray.model.config import IMAGENET_MEAN, IMAGENET_STD, Sa2VAConfig
+from sa2va_ray.model.config import IMAGENET_MEAN, IMAGENET_STD, SAM2_MEAN, SAM2_STD, Sa2VAConfig
 from sa2va_ray.model.tokenizer import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, SEG_TOKEN, special_token_ids
 
 IGNORE_INDEX = -100
@@ -90,12 +90,14 @@ class Sa2VAProcessor:
         self.ids = ids
         self.sam_size = config.sam2_settings.image_size
         self.low_res = config.sam2_settings.low_res_size
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self._mean = torch.tensor(SAM2_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(SAM2_STD).view(3, 1, 1)
 
     # ---------------------------------------------------------------- images
     def encode_image(self, image: Any) -> EncodedImage:
-        """InternVL tiles + SAM2 input (squashed to S x S, bicubic, ImageNet-normalised) of one image."""
+        """InternVL tiles + SAM2 input of one image, both as the official preprocessing computes them: SAM2 sees the
+        image squashed to S x S (PIL bicubic, the official `DirectResize`), x / 255, then (x - mean) / std with the
+        bf16-rounded ImageNet statistics (`SAM2_MEAN`, `SAM2_STD`)."""
         rgb = to_rgb_image(image)
         tiles = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]  # (n, 3, t, t)
         sam = np.asarray(rgb.resize((self.sam_size, self.sam_size), Image.BICUBIC), dtype=np.float32) / 255.0

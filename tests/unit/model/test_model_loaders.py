@@ -1,8 +1,8 @@
-"""Real-weight loaders on tiny checkpoints written in each layout (InternVL-hf + Meta SAM2, official Sa2VA)."""
+"""Real-weight loader for InternVL-hf + Meta SAM2 on tiny checkpoints written by transformers and torch themselves
+(the official Sa2VA layout: test_model_official.py, against a real checkpoint's index)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -13,10 +13,8 @@ from transformers import InternVLForConditionalGeneration
 
 from sa2va_ray.model import (
     build_sam2,
-    build_tiny_sa2va,
     build_tokenizer,
     load_from_internvl_and_sam2,
-    load_from_official_sa2va,
     tiny_config,
     tiny_sam2_settings,
 )
@@ -98,110 +96,3 @@ def test_missing_sam2_tensor_is_an_error(internvl_and_sam2, tmp_path):
     v20.model_flags = {k: v for k, v in v20.model_flags.items() if k not in sam21_only}
     with pytest.raises(ValueError, match=r"no place in the model .*sam2\.no_obj_embed_spatial"):
         load_from_internvl_and_sam2(root / "internvl", root / "sam2.pt", v20)
-
-
-# ----------------------------------------------------------------------------- official Sa2VA layout
-_VIT_INVERSE = {
-    "attention.projection_layer.weight": "attn.proj.weight", "attention.projection_layer.bias": "attn.proj.bias",
-    "lambda_1": "ls1", "lambda_2": "ls2", "layernorm_before.weight": "norm1.weight",
-    "layernorm_before.bias": "norm1.bias", "layernorm_after.weight": "norm2.weight",
-    "layernorm_after.bias": "norm2.bias", "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
-}
-_EMBED_INVERSE = {
-    "embeddings.cls_token": "embeddings.class_embedding",
-    "embeddings.position_embeddings": "embeddings.position_embedding",
-    "embeddings.patch_embeddings.projection.weight": "embeddings.patch_embedding.weight",
-    "embeddings.patch_embeddings.projection.bias": "embeddings.patch_embedding.bias",
-}
-
-
-def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our keys -> the remote-code Sa2VAChatModel keys (q/k/v fused into InternViT's qkv)."""
-    out, qkv = {}, {}
-    for key, value in state.items():
-        if key.startswith("mllm.model.vision_tower."):
-            rest = key[len("mllm.model.vision_tower."):]
-            m = re.match(r"encoder\.layer\.(\d+)\.(.+)$", rest)
-            if m:
-                prefix, sub = f"vision_model.encoder.layers.{m.group(1)}.", m.group(2)
-                proj = re.match(r"attention\.(q|k|v)_proj\.(weight|bias)$", sub)
-                if proj:
-                    qkv.setdefault((prefix, proj.group(2)), {})[proj.group(1)] = value
-                else:
-                    out[prefix + _VIT_INVERSE[sub]] = value
-            else:
-                out["vision_model." + _EMBED_INVERSE[rest]] = value
-        elif key.startswith("mllm.model.multi_modal_projector."):
-            layer, _, param = key[len("mllm.model.multi_modal_projector."):].partition(".")
-            out[f"mlp1.{ {'layer_norm': 0, 'linear_1': 1, 'linear_2': 3}[layer]}.{param}"] = value
-        elif key.startswith("mllm.model.language_model."):
-            out["language_model.model." + key[len("mllm.model.language_model."):]] = value
-        elif key.startswith("mllm.lm_head."):
-            out["language_model.lm_head." + key[len("mllm.lm_head."):]] = value
-        elif key.startswith("sam2."):
-            out["grounding_encoder.sam2_model." + key[len("sam2."):]] = value
-        else:
-            assert key.startswith("text_hidden_fcs."), key
-            out[key] = value
-    for (prefix, kind), parts in qkv.items():
-        out[f"{prefix}attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
-
-
-@pytest.fixture(scope="module")
-def official_dir(tmp_path_factory):
-    model = build_tiny_sa2va(seed=4)
-    root = tmp_path_factory.mktemp("official")
-    vision, text = model.config.vision_config, model.config.text_config
-    llm = text.to_dict()
-    llm["architectures"] = ["Qwen2ForCausalLM"]
-    config = {
-        "architectures": ["Sa2VAChatModel"], "model_type": "sa2va_chat", "template": "qwen_chat",
-        "downsample_ratio": 0.5, "force_image_size": 56, "select_layer": -1, "ps_version": "v2",
-        "min_dynamic_patch": 1, "max_dynamic_patch": 1, "use_thumbnail": True,
-        "vision_config": {"architectures": ["InternVisionModel"], "hidden_size": vision.hidden_size,
-                          "num_hidden_layers": vision.num_hidden_layers,
-                          "num_attention_heads": vision.num_attention_heads,
-                          "intermediate_size": vision.intermediate_size, "image_size": 56, "patch_size": 14,
-                          "qkv_bias": True, "qk_normalization": False, "norm_type": "layer_norm",
-                          "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
-        "llm_config": llm,
-    }
-    (root / "config.json").write_text(json.dumps(config))
-    official = to_official(model.state_dict())
-    assert any(k.endswith("attn.qkv.weight") for k in official)
-    save_file(official, str(root / "model.safetensors"))
-    model.tokenizer.save_pretrained(root)
-    return root, model
-
-
-def test_official_checkpoint_maps_onto_native_classes(official_dir):
-    root, original = official_dir
-    model = load_from_official_sa2va(root, sam2_config=tiny_sam2_settings())
-    ours, ref = model.state_dict(), original.state_dict()
-    assert set(ours) == set(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
-    original.eval()
-    a = model.predict(IMAGES, ["vessel"], return_probs=True)[0]
-    b = original.predict(IMAGES, ["vessel"], return_probs=True)[0]
-    assert np.array_equal(a.prob, b.prob)
-
-
-def test_official_missing_or_unmapped_keys_are_errors(official_dir, tmp_path):
-    import shutil
-
-    root, _ = official_dir
-    state = load_file(root / "model.safetensors")
-    for name, edit, pattern in [
-        ("missing", lambda s: s.pop("vision_model.encoder.layers.0.ls1"),
-         r"missing from the official .*mllm\.model\.vision_tower\.encoder\.layer\.0\.lambda_1"),
-        ("unmapped", lambda s: s.update({"vision_model.encoder.layers.0.attn.extra": torch.zeros(1)}),
-         r"no mapping 1: vision_model\.encoder\.layers\.0\.attn\.extra"),
-    ]:
-        target = tmp_path / name
-        shutil.copytree(root, target)
-        edited = dict(state)
-        edit(edited)
-        save_file(edited, str(target / "model.safetensors"))
-        with pytest.raises(ValueError, match=pattern):
-            load_from_official_sa2va(target, sam2_config=tiny_sam2_settings())
