@@ -6,10 +6,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import Sample
 from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, split_records
+from sa2va_ray.data.text_rules import TextRules, text_rules_from_processor
 from sa2va_ray.data.validate import ValidationReport, load_valid_samples
 
 log = logging.getLogger(__name__)
@@ -55,20 +57,94 @@ def ensure_data(cfg: Config) -> None:
         cfg.data.images_dir = str(ann.parent / "images")
 
 
+def text_rules_for_model(path: str | Path) -> TextRules:
+    """Text rules of a saved model directory or training checkpoint: its tokenizer and config, no weights.
+
+    Raises:
+        FileNotFoundError: If ``path`` is neither a model directory nor a training checkpoint.
+    """
+    p = Path(path)
+    if (p / "config.json").is_file():
+        from sa2va_ray.model import Sa2VAConfig, Sa2VAProcessor
+
+        return text_rules_from_processor(Sa2VAProcessor.from_pretrained(p, Sa2VAConfig.from_pretrained(p)), str(p))
+    from sa2va_ray.export.checkpoint_io import is_training_checkpoint, load_checkpoint_config
+
+    if is_training_checkpoint(p):
+        return text_rules_for_config(load_checkpoint_config(p))
+    raise FileNotFoundError(f"model {path!r} is neither a model directory (config.json) nor a training checkpoint")
+
+
+def build_preset_processor(cfg: Config) -> Any:
+    """The processor of ``model.preset`` built the way :func:`sa2va_ray.build.build_base_model` builds the model,
+    from local tokenizer and config files only (no weights)."""
+    from sa2va_ray.model import Sa2VAConfig, Sa2VAProcessor, build_tokenizer
+    from sa2va_ray.model.config import _token_fields, tiny_config
+    from sa2va_ray.model.tokenizer import special_token_ids
+
+    mc = cfg.model
+    if mc.preset == "tiny":
+        tok = build_tokenizer()
+        return Sa2VAProcessor(tok, tiny_config(len(tok), special_token_ids(tok)))
+    if mc.preset == "internvl_sam2":
+        from transformers import AutoConfig
+
+        tok = build_tokenizer(mc.internvl_path)
+        internvl = AutoConfig.from_pretrained(mc.internvl_path, local_files_only=True)
+        return Sa2VAProcessor(tok, Sa2VAConfig(internvl_config=internvl, **_token_fields(special_token_ids(tok))))
+    from sa2va_ray.model.loaders import official_internvl_config
+
+    raw = json.loads((Path(mc.official_path) / "config.json").read_text())
+    tok = build_tokenizer(mc.official_path)
+    ids = special_token_ids(tok)
+    config = Sa2VAConfig(internvl_config=official_internvl_config(raw, ids["img_context"]),
+                         max_tiles=raw.get("max_dynamic_patch", 12), min_tiles=raw.get("min_dynamic_patch", 1),
+                         **_token_fields(ids))
+    return Sa2VAProcessor(tok, config)
+
+
+def text_rules_for_config(cfg: Config) -> TextRules:
+    """Text rules of the job's model (``model.path``, else ``model.preset``): reserved tokens and ``max_length``.
+
+    When the model's tokenizer cannot be read here, only the reserved tokens are checked, with a warning (the
+    model loader then reports the real problem).
+    """
+    try:
+        if cfg.model.path:
+            return text_rules_for_model(cfg.model.path)
+        return text_rules_from_processor(build_preset_processor(cfg), f"preset {cfg.model.preset}")
+    except Exception as e:  # noqa: BLE001 -- the length check is an extra; never hide the loader's own error
+        log.warning("token-length check of the records skipped: cannot read the model's tokenizer/config (%s: %s)",
+                    type(e).__name__, e)
+        return TextRules()
+
+
+def validation_kwargs(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments of :func:`~sa2va_ray.data.validate.load_valid_samples` for a job: every job validates
+    with the same rules, so training and evaluation agree on the valid records (and hence on the split)."""
+    return {"text_rules": text_rules_for_config(cfg), "allow_symlinks_outside": cfg.data.allow_symlinks_outside}
+
+
 def prepare_splits(cfg: Config) -> Splits:
     """Validated train/val samples: ``data.val_annotations`` when given, else a patient-level split.
 
-    The split files go to ``output_dir/split/{train,val}.json``. Raises ``DataValidationError`` in strict mode.
+    The split files go to ``output_dir/split/{train,val}.json``. Records are validated with the job's model rules
+    (:func:`validation_kwargs`).
+
+    Raises:
+        AnnotationFileError: The annotations file is unusable or no record is valid (one line: file and fix).
+        DataValidationError: In strict mode, when any record has a problem.
     """
     ensure_data(cfg)
     d = cfg.data
     regex = d.group_regex or DEFAULT_GROUP_REGEX
+    kw = validation_kwargs(cfg)
     if d.val_annotations:
-        train, rep_t = load_valid_samples(d.annotations, d.images_dir, strict=d.strict)
-        val, rep_v = load_valid_samples(d.val_annotations, d.images_dir, strict=d.strict)
+        train, rep_t = load_valid_samples(d.annotations, d.images_dir, strict=d.strict, **kw)
+        val, rep_v = load_valid_samples(d.val_annotations, d.images_dir, strict=d.strict, **kw)
         splits = Splits(train, val, d.images_dir, {"train": rep_t, "val": rep_v})
     else:
-        samples, rep = load_valid_samples(d.annotations, d.images_dir, strict=d.strict)
+        samples, rep = load_valid_samples(d.annotations, d.images_dir, strict=d.strict, **kw)
         result = split_records([s.record for s in samples], d.val_fraction, d.split_seed, regex)
         val_ids = {id(r) for r in result.val}
         train = [s for s in samples if id(s.record) not in val_ids]

@@ -1,4 +1,4 @@
-"""Schema, loader, rasteriser and image reader for the official Sa2VA ``annotations.json`` format.
+"""Schema, loader and rasteriser for the official Sa2VA ``annotations.json`` format.
 
 The file is a JSON list of records ``{"image": "<file name>", "mask": [...], "text": ["blood vessel", ...]}``.
 A polygon is COCO style, ``[x1, y1, x2, y2, ...]`` in pixel coordinates of the image.
@@ -16,8 +16,10 @@ Mask nesting and the mask/text policy (applied everywhere: validation, training,
 
 Texts must be a JSON list of strings; an empty list, a missing ``text`` key or a blank string is ``empty_text``.
 Records that are not objects, lack ``image``/``mask`` or have values of the wrong type are ``invalid_record``.
-Coordinates must be finite numbers (``bad_coordinates``); a polygon needs an even number of values and at
-least three points (``bad_polygon``). Image-dependent checks live in :mod:`sa2va_ray.data.validate`.
+Coordinates must be finite numbers (``bad_coordinates``); a polygon needs an even number of values, at least
+three points and a non-zero area -- points on one line are ``bad_polygon``. A key repeated within a record is
+``duplicate_key`` (plain JSON parsing would keep the last value silently). Image-dependent and model-dependent
+checks live in :mod:`sa2va_ray.data.validate`; images are opened through :mod:`sa2va_ray.data.images`.
 
 Rasterising: polygons are filled at the image's own size with the COCO pixel-centre convention (see
 :func:`rasterize_polygons`); the mask of a text is the union of its polygons. Points slightly outside the image
@@ -29,22 +31,28 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from sa2va_ray.data.images import (  # noqa: F401 -- re-exported: the image helpers used to live here
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    UnsafeImagePathError,
+    load_image,
+    open_image_header,
+    to_rgb,
+)
 
 Polygon = list[float]
 """A flat COCO polygon ``[x1, y1, x2, y2, ...]``."""
 
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-"""Images with more pixels than this are refused as decompression bombs (about 8192 x 8192)."""
-
 PROBLEM_CODES = (
     "invalid_record",
+    "duplicate_key",
+    "unsafe_path",
     "missing_image",
     "unreadable_image",
     "image_too_large",
@@ -53,6 +61,8 @@ PROBLEM_CODES = (
     "out_of_bounds",
     "empty_mask",
     "empty_text",
+    "reserved_token",
+    "too_long",
     "count_mismatch",
     "duplicate_record",
 )
@@ -60,10 +70,6 @@ PROBLEM_CODES = (
 
 class AnnotationFileError(ValueError):
     """The annotations file as a whole cannot be used (unreadable, not JSON, not a list)."""
-
-
-class ImageTooLargeError(ValueError):
-    """The image header declares more pixels than allowed (decompression-bomb protection)."""
 
 
 @dataclass(frozen=True)
@@ -118,28 +124,73 @@ Record = Sample
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_annotation_list(path: str | Path) -> list[Any]:
+class JsonObjectWithDuplicates(dict):
+    """A JSON object in which a key appeared more than once; ``json`` alone would silently keep the last value.
+
+    Attributes:
+        duplicate_keys: The repeated keys, in order of first repetition.
+    """
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of the annotations loader: a plain dict, or one that remembers repeated keys."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+    out = JsonObjectWithDuplicates(obj)
+    out.duplicate_keys = tuple(dict.fromkeys(repeated))
+    return out
+
+
+def load_annotation_list(path: str | Path, allow_empty: bool = False) -> list[Any]:
     """Reads ``annotations.json`` and returns its list of raw records.
+
+    A record with a repeated key comes back as a :class:`JsonObjectWithDuplicates` (problem ``duplicate_key`` in
+    :func:`parse_record`) instead of silently keeping the last value.
 
     Args:
         path: Path of the JSON file.
+        allow_empty: Accept an empty list (otherwise it is an error: there is nothing to use).
 
     Returns:
         The raw records (any JSON values; they are checked by :func:`parse_record`).
 
     Raises:
-        AnnotationFileError: If the file is missing, not JSON, or not a JSON list.
+        AnnotationFileError: If the file is missing, unreadable, not JSON, not a JSON list, or an empty list;
+            the message is one line naming the file and the fix.
     """
     path = Path(path)
+    fix = "point data.annotations (or --annotations) to an annotations.json in the official format"
     try:
         with path.open(encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_object_pairs)
     except FileNotFoundError as e:
-        raise AnnotationFileError(f"annotations file not found: {path}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AnnotationFileError(f"cannot read annotations file {path}: {e}") from e
+        raise AnnotationFileError(f"annotations file not found: {path}; {fix}") from e
+    except IsADirectoryError as e:
+        raise AnnotationFileError(f"annotations path {path} is a directory; {fix}") from e
+    except UnicodeDecodeError as e:
+        raise AnnotationFileError(f"annotations file {path} is not UTF-8 text ({e.reason}); {fix}") from e
+    except json.JSONDecodeError as e:
+        raise AnnotationFileError(
+            f"annotations file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+            "fix the file or regenerate it"
+        ) from e
+    except (OSError, RecursionError) as e:
+        raise AnnotationFileError(f"cannot read annotations file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(data, list):
-        raise AnnotationFileError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        raise AnnotationFileError(
+            f"annotations file {path} holds a JSON {type(data).__name__}, not a list of records "
+            '[{"image": ..., "mask": ..., "text": [...]}, ...]'
+        )
+    if not data and not allow_empty:
+        raise AnnotationFileError(
+            f"annotations file {path} is an empty list: there are no records to use; "
+            'add records [{"image": ..., "mask": ..., "text": [...]}, ...]'
+        )
     return data
 
 
@@ -173,7 +224,23 @@ def _check_polygon(poly: Any, where: str) -> list[tuple[str, str]]:
         out.append(("bad_polygon", f"{where} has an odd number of values ({len(poly)})"))
     elif len(poly) < 6:
         out.append(("bad_polygon", f"{where} has {len(poly) // 2} point(s); a polygon needs at least 3"))
+    elif not bad and is_degenerate_polygon(poly):
+        out.append(("bad_polygon", f"{where} has zero area: its {len(poly) // 2} points lie on one line"))
     return out
+
+
+def is_degenerate_polygon(poly: Polygon) -> bool:
+    """True when every point of a flat polygon lies on one line (or on one point): it encloses no area.
+
+    Tested on the spread of the points, not on the signed area, so a self-crossing "bow tie" whose signed area
+    cancels out is not degenerate. Uses ``det(D^T D) <= 1e-12 * trace(D^T D)^2`` for the centred points ``D``
+    (the determinant is the sum of squared cross products of all point pairs).
+    """
+    d = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    d = d - d.mean(axis=0)  # (P, 2)
+    c = d.T @ d  # (2, 2) scatter matrix
+    trace = c[0, 0] + c[1, 1]
+    return bool(c[0, 0] * c[1, 1] - c[0, 1] * c[1, 0] <= 1e-12 * trace * trace)
 
 
 def _split_masks(mask: Any) -> tuple[list[list[Any]] | None, int, str]:
@@ -221,6 +288,10 @@ def parse_record(index: int, record: Any) -> tuple[Sample | None, list[Problem]]
 
     def add(code: str, message: str) -> None:
         problems.append(Problem(index, image_name, code, message))
+
+    for key in getattr(record, "duplicate_keys", ()):
+        add("duplicate_key", f"key {key!r} appears more than once in the record (JSON would keep only the last "
+                             "value); keep one")
 
     if "image" not in record:
         add("invalid_record", "record has no 'image' key")
@@ -371,77 +442,3 @@ def scale_polygons(polygons: list[Polygon], sx: float, sy: float) -> list[Polygo
         xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2) * (sx, sy)
         out.append(xy.reshape(-1).tolist())
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def open_image_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Opens an image lazily (header only) and refuses decompression bombs before any pixel is decoded.
-
-    Args:
-        path: Image file.
-        max_pixels: Largest allowed ``width * height``.
-
-    Returns:
-        The lazily opened image (pixels not decoded yet).
-
-    Raises:
-        ImageTooLargeError: If the header declares more than ``max_pixels`` pixels.
-        FileNotFoundError: If the file does not exist.
-        OSError: If the file is not a readable image.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(path)
-        except Image.DecompressionBombError as e:
-            raise ImageTooLargeError(f"{path}: {e}") from e
-    w, h = im.size
-    if w * h > max_pixels:
-        im.close()
-        raise ImageTooLargeError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
-    return im
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Converts any PIL mode to 8-bit RGB.
-
-    16-bit and 32-bit grayscale (``I;16``, ``I``, ``F``) are min-max scaled per image to 0..255, so 12-bit data
-    stored in 16 bits keeps its contrast instead of being clipped or crushed; alpha is composited onto black.
-    """
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(im).astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Loads an image fully as 8-bit RGB (grayscale, RGBA, palette and 16-bit are converted).
-
-    Args:
-        path: Image file.
-        max_pixels: Largest allowed ``width * height`` (checked from the header, before decoding).
-
-    Returns:
-        A decoded RGB image at its own size.
-
-    Raises:
-        ImageTooLargeError: For decompression-bomb sized images.
-        FileNotFoundError: If the file does not exist.
-        OSError: If the image is unreadable or truncated.
-    """
-    with open_image_header(path, max_pixels) as im:
-        im.load()
-        rgb = to_rgb(im)
-        return rgb.copy() if rgb is im else rgb

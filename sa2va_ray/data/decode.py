@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sa2va_ray.data.annotations import DEFAULT_MAX_PIXELS, Sample, load_image, rasterize_polygons, scale_polygons
+from sa2va_ray.data.annotations import Sample, rasterize_polygons, scale_polygons
+from sa2va_ray.data.images import DEFAULT_MAX_PIXELS, load_image, resolve_image_path
 
 Size = int | tuple[int, int] | None
 """Target size: None keeps the image's own size, an int gives a square, a tuple is ``(height, width)``."""
@@ -27,17 +28,23 @@ def _target_hw(size: Size, height: int, width: int) -> tuple[int, int]:
 
 
 def decode_sample(
-    sample: Sample, images_dir: str | Path, size: Size = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    sample: Sample,
+    images_dir: str | Path,
+    size: Size = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_symlinks_outside: bool = False,
 ) -> dict[str, Any]:
-    """Decodes one record: its image once, and one mask per text.
+    """Decodes one record: its image once (as displayed: EXIF orientation applied), and one mask per text.
 
-    Masks are rasterised directly at the target size (polygons scaled), not resized, so they stay exact.
+    Masks are rasterised directly at the target size (polygons scaled), not resized, so they stay exact. The
+    image path is checked again here (:func:`~sa2va_ray.data.images.resolve_image_path`), not only in validation.
 
     Args:
         sample: A validated sample.
         images_dir: Directory the image name is relative to.
         size: Target size (see :data:`Size`); the image is resized bilinearly.
         max_pixels: Decompression-bomb limit.
+        allow_symlinks_outside: Accept an image whose symlinks lead out of ``images_dir``.
 
     Returns:
         ``{"record_index", "image_name", "image": uint8 (H, W, 3), "masks": bool (T, H, W), "texts",
@@ -45,8 +52,10 @@ def decode_sample(
 
     Raises:
         OSError, ImageTooLargeError: If the image cannot be read (e.g. changed since validation).
+        UnsafeImagePathError: If the image name leads out of ``images_dir``.
     """
-    im = load_image(Path(images_dir) / sample.image, max_pixels=max_pixels)
+    path = resolve_image_path(images_dir, sample.image, allow_symlinks_outside=allow_symlinks_outside)
+    im = load_image(path, max_pixels=max_pixels)
     w0, h0 = im.size
     h, w = _target_hw(size, h0, w0)
     if (h, w) != (h0, w0):
@@ -65,16 +74,21 @@ def decode_sample(
 
 
 def decode_rows(
-    sample: Sample, images_dir: str | Path, size: Size = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    sample: Sample,
+    images_dir: str | Path,
+    size: Size = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_symlinks_outside: bool = False,
 ) -> list[dict[str, Any]]:
-    """Decodes one record into one row per text (the image array is shared between the rows).
+    """Decodes one record into one row per text (the image array is shared between the rows); arguments as
+    :func:`decode_sample`.
 
     Returns:
         Rows ``{"sample_id", "record_index", "text_index", "image_name", "text", "image": uint8 (H, W, 3),
         "mask": bool (H, W), "orig_height", "orig_width", "error": ""}``; ``sample_id`` is
         ``"<record index>:<text index>"``.
     """
-    d = decode_sample(sample, images_dir, size, max_pixels)
+    d = decode_sample(sample, images_dir, size, max_pixels, allow_symlinks_outside)
     return [
         {
             "sample_id": d["sample_ids"][t],

@@ -43,12 +43,13 @@ def _from_item(item: dict[str, Any]) -> Sample:
 
 
 def _decode_item(
-    item: dict[str, Any], images_dir: str, size: Size, max_pixels: int, on_error: OnError
+    item: dict[str, Any], images_dir: str, size: Size, max_pixels: int, on_error: OnError,
+    allow_symlinks_outside: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs in a Ray task: one record item -> one decoded row per text."""
     sample = _from_item(item)
     try:
-        return decode_rows(sample, images_dir, size, max_pixels)
+        return decode_rows(sample, images_dir, size, max_pixels, allow_symlinks_outside)
     except Exception as e:
         if on_error == "raise":
             raise
@@ -66,6 +67,7 @@ def build_ray_dataset(
     on_error: OnError = "skip",
     num_blocks: int | None = None,
     num_cpus: float = 1.0,
+    allow_symlinks_outside: bool = False,
 ) -> ray.data.Dataset:
     """Builds a dataset with one row per (record, text) pair, decoded in Ray tasks.
 
@@ -84,6 +86,7 @@ def build_ray_dataset(
         num_blocks: Number of input blocks (parallel tasks); default: enough to keep every CPU busy.
         num_cpus: CPUs each decode task reserves; below 1 lets decoding run beside training workers that hold
             fractional CPUs (otherwise Ray Data may find no whole CPU free and wait forever).
+        allow_symlinks_outside: Accept images whose symlinks lead out of ``images_dir`` (``data.*`` config key).
 
     Returns:
         A lazy ``ray.data.Dataset``.
@@ -95,5 +98,6 @@ def build_ray_dataset(
         num_blocks = max(1, min(len(samples), 4 * max(cpus, 1)))
     items = [_to_item(s) for s in samples]
     ds = ray.data.from_items(items, override_num_blocks=num_blocks)
-    kwargs = {"images_dir": str(images_dir), "size": size, "max_pixels": max_pixels, "on_error": on_error}
+    kwargs = {"images_dir": str(images_dir), "size": size, "max_pixels": max_pixels, "on_error": on_error,
+              "allow_symlinks_outside": allow_symlinks_outside}
     return ds.flat_map(_decode_item, fn_kwargs=kwargs, num_cpus=num_cpus)

@@ -1,26 +1,36 @@
 """Validation of an annotations file against its images, with a precise per-record report.
 
 Every problem gets its own code (see :data:`sa2va_ray.data.annotations.PROBLEM_CODES`) and never raises:
-``invalid_record``, ``missing_image``, ``unreadable_image`` (including truncated files), ``image_too_large``
-(decompression bombs, refused from the header), ``bad_polygon``, ``bad_coordinates``, ``out_of_bounds``
-(a coordinate more than ``oob_tolerance`` -- 10% -- of the image size beyond its border; closer points are
-simply clipped), ``empty_mask`` (rasterises to zero pixels), ``empty_text``, ``count_mismatch`` and
-``duplicate_record`` (same image, texts and masks as an earlier record, which is kept).
+``invalid_record``, ``duplicate_key`` (a key repeated within a record), ``unsafe_path`` (an absolute name, a
+``..`` component, or a symlink out of the images directory; the file is never opened), ``missing_image``,
+``unreadable_image`` (including truncated files), ``image_too_large`` (decompression bombs, refused from the
+header), ``bad_polygon`` (also zero-area polygons), ``bad_coordinates``, ``out_of_bounds`` (a coordinate more
+than ``oob_tolerance`` -- 10% -- of the image size beyond its border; closer points are simply clipped),
+``empty_mask`` (rasterises to zero pixels), ``empty_text``, ``reserved_token`` and ``too_long`` (the processor's
+own text rules, see :mod:`sa2va_ray.data.text_rules`), ``count_mismatch`` and ``duplicate_record`` (same image,
+texts and masks as an earlier record, which is kept).
 A record may have several problems; all are listed. Records with any problem are excluded and counted.
+Validation applies every check a later stage applies, so a record that passes it never crashes a worker.
 
+Images are used as displayed (EXIF orientation applied, :mod:`sa2va_ray.data.images`): sizes and polygons are
+checked against the displayed image, which is also what training, evaluation and overlays decode.
 Each distinct image is probed once (records often share images): JPEGs are decoded at 1/8 scale, which still
 reads the whole stream and so detects truncation, other formats are decoded once; pixels are not kept.
+Duplicates are found with one hash per record, so the cost grows linearly with the number of records.
 
 Command line::
 
     python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json]
 
-exits 0, or 1 with ``--strict`` when any record has a problem (2 when the annotations file itself is unusable).
+exits 0, or 1 with ``--strict`` when any record has a problem (2 when the annotations file itself is unusable:
+missing, not JSON, not a list, or an empty list). ``--model DIR`` adds the length check with that model's
+tokenizer; jobs always check with their own model.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -33,20 +43,25 @@ import numpy as np
 from PIL import ImageFile
 
 from sa2va_ray.data.annotations import (
-    DEFAULT_MAX_PIXELS,
     PROBLEM_CODES,
     AnnotationFileError,
-    ImageTooLargeError,
     Problem,
     Sample,
     load_annotation_list,
-    open_image_header,
     parse_record,
     rasterize_polygons,
-    record_digest,
     record_key,
 )
+from sa2va_ray.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    UnsafeImagePathError,
+    displayed_size,
+    open_image_header,
+    resolve_image_path,
+)
 from sa2va_ray.data.pseudonymise import pseudonymise_name
+from sa2va_ray.data.text_rules import TextRules
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +69,29 @@ DEFAULT_OOB_TOLERANCE = 0.1
 """Coordinates further than this fraction of the image size beyond the border are ``out_of_bounds``."""
 
 
-class DataValidationError(ValueError):
-    """Strict validation found problems; ``report`` holds all of them and the message lists them all."""
+MAX_LISTED = 50
+"""Problems listed in the message of :class:`DataValidationError` (all of them are in its ``report``)."""
 
-    def __init__(self, report: ValidationReport):
+
+class DataValidationError(AnnotationFileError):
+    """Strict validation found problems; ``report`` holds all of them and the message lists the first ones.
+
+    An :class:`AnnotationFileError` (a ``ValueError``): jobs report it like any unusable annotations file.
+    """
+
+    def __init__(self, report: ValidationReport, source: str = ""):
         self.report = report
-        lines = [f"{len(report.problems)} problem(s) in {report.invalid} of {report.records} record(s):"]
-        lines += [f"  record {p.index} [{p.image}] {p.problem}: {p.message}" for p in report.problems]
+        where = f" of {source}" if source else ""
+        lines = [f"{len(report.problems)} problem(s) in {report.invalid} of {report.records} record(s){where} "
+                 "(strict mode: fix them, or drop --strict / data.strict to exclude them):"]
+        lines += [f"  record {p.index} [{p.image}] {p.problem}: {p.message}" for p in report.problems[:MAX_LISTED]]
+        if len(report.problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(report.problems) - MAX_LISTED} more")
         super().__init__("\n".join(lines))
+
+
+class NoValidRecordsError(AnnotationFileError):
+    """Validation excluded every record: there is nothing to train or evaluate on."""
 
 
 @dataclass
@@ -157,8 +187,8 @@ def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     except Exception as e:  # noqa: BLE001 -- any decoder error means "unreadable", never a crash
         return ImageInfo(problem="unreadable_image", message=f"cannot open image: {type(e).__name__}: {e}")
     with im:
-        width, height = im.size
         lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False  # truncation must raise
+        width, height = im.size
         try:
             if im.format == "JPEG":
                 # Decoding at 1/8 scale still consumes the whole stream, so truncation is detected cheaply.
@@ -168,6 +198,8 @@ def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
             return ImageInfo(width, height, "unreadable_image", f"cannot decode image: {type(e).__name__}: {e}")
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+        # Displayed size from the size before draft(); read after load() because a PNG may keep EXIF after its pixels.
+        width, height = displayed_size(im, (width, height))
     if width < 1 or height < 1:
         return ImageInfo(width, height, "unreadable_image", f"image has size {width}x{height}")
     return ImageInfo(width, height)
@@ -204,12 +236,34 @@ def _check_geometry(sample: Sample, info: ImageInfo, tolerance: float) -> list[P
     return out
 
 
+def _digest(record: Any) -> bytes:
+    """16-byte hash of a record's canonical image/texts/masks: equal digests mean duplicate records."""
+    return hashlib.blake2b(record_key(record).encode(), digest_size=16).digest()
+
+
+def _image_problem(image: str, images_dir: Path, cache: dict[str, ImageInfo], max_pixels: int,
+                   allow_symlinks_outside: bool) -> ImageInfo:
+    """Path check, then probe, of one image name; each distinct name is checked once."""
+    info = cache.get(image)
+    if info is None:
+        try:
+            path = resolve_image_path(images_dir, image, allow_symlinks_outside=allow_symlinks_outside)
+        except UnsafeImagePathError as e:
+            info = ImageInfo(problem="unsafe_path", message=str(e))
+        else:
+            info = probe_image(path, max_pixels)
+        cache[image] = info
+    return info
+
+
 def validate_annotations(
     annotations: str | Path | list[Any],
     images_dir: str | Path,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     oob_tolerance: float = DEFAULT_OOB_TOLERANCE,
+    text_rules: TextRules | None = None,
+    allow_symlinks_outside: bool = False,
 ) -> ValidationReport:
     """Validates every record of an annotations file against its images; never raises for bad records.
 
@@ -218,50 +272,43 @@ def validate_annotations(
         images_dir: Directory the ``image`` names are relative to.
         max_pixels: Images with more pixels are ``image_too_large`` (checked from the header).
         oob_tolerance: Fraction of the image size beyond the border that still counts as "slightly outside".
+        text_rules: The model's text rules (reserved tokens and, when a model is known, ``max_length``);
+            default: reserved tokens only.
+        allow_symlinks_outside: Accept images whose symlinks lead out of ``images_dir``.
 
     Returns:
         The report with the valid samples and all problems.
 
     Raises:
-        AnnotationFileError: If the file itself is unusable (missing, not JSON, not a list).
+        AnnotationFileError: If the file itself is unusable (missing, not JSON, not a list, an empty list).
     """
     records = annotations if isinstance(annotations, list) else load_annotation_list(annotations)
+    rules = text_rules or TextRules()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         logger.warning("images directory %s does not exist; every record will be missing_image", images_dir)
     infos: dict[str, ImageInfo] = {}
-    seen: dict[str, list[int]] = {}
+    first_of: dict[bytes, int] = {}  # record digest -> first record with it
     samples: list[Sample] = []
     problems: list[Problem] = []
-    keys: dict[int, str] = {}
-
-    def _find_duplicate(i: int, rec: dict[str, Any], seen: dict[str, list[int]]) -> int | None:
-        # Full canonical JSON only when the cheap digest collides: dumping every polygon is the slow part.
-        earlier = seen.setdefault(record_digest(rec), [])
-        if earlier:
-            keys[i] = record_key(rec)
-            for j in earlier:
-                if keys.setdefault(j, record_key(records[j])) == keys[i]:
-                    return j
-        earlier.append(i)
-        return None
-
     for i, rec in enumerate(records):
         sample, probs = parse_record(i, rec)
         image = rec.get("image") if isinstance(rec, dict) else None
+        name = image if isinstance(image, str) else ""
         if isinstance(rec, dict):
-            dup = _find_duplicate(i, rec, seen)
-            if dup is not None:
-                name = image if isinstance(image, str) else ""
+            dup = first_of.setdefault(_digest(rec), i)
+            if dup != i:
                 probs.append(Problem(i, name, "duplicate_record", f"same image, texts and masks as record {dup}"))
+        info = None
         if isinstance(image, str) and image.strip():
-            if image not in infos:
-                infos[image] = probe_image(images_dir / image, max_pixels)
-            info = infos[image]
+            info = _image_problem(image, images_dir, infos, max_pixels, allow_symlinks_outside)
             if info.problem:
                 probs.append(Problem(i, image, info.problem, info.message))
             elif sample is not None:
                 probs.extend(_check_geometry(sample, info, oob_tolerance))
+        if sample is not None:
+            size = (info.height, info.width) if info is not None and not info.problem else (None, None)
+            probs.extend(Problem(i, name, code, msg) for code, msg in rules.check(sample.texts, *size))
         problems.extend(probs)
         if not probs and sample is not None:
             samples.append(sample)
@@ -272,6 +319,7 @@ def load_valid_samples(
     annotations: str | Path | list[Any],
     images_dir: str | Path,
     strict: bool = False,
+    require_valid: bool = True,
     **kwargs: Any,
 ) -> tuple[list[Sample], ValidationReport]:
     """Validates and returns the usable samples; what jobs call before any work starts.
@@ -280,20 +328,29 @@ def load_valid_samples(
         annotations: Path of ``annotations.json`` or the list of raw records.
         images_dir: Directory of the images.
         strict: Raise when any record has a problem instead of excluding it.
-        **kwargs: Passed to :func:`validate_annotations` (``max_pixels``, ``oob_tolerance``).
+        require_valid: Raise when no record is valid (nothing to train or evaluate on).
+        **kwargs: Passed to :func:`validate_annotations` (``max_pixels``, ``oob_tolerance``, ``text_rules``,
+            ``allow_symlinks_outside``).
 
     Returns:
         ``(samples, report)``.
 
     Raises:
-        DataValidationError: In strict mode when any problem exists; its message lists all problems.
+        DataValidationError: In strict mode when any problem exists; its message lists the problems.
+        NoValidRecordsError: When ``require_valid`` and every record has a problem (one line: file, counts, fix).
         AnnotationFileError: If the file itself is unusable.
     """
     report = validate_annotations(annotations, images_dir, **kwargs)
+    source = str(annotations) if not isinstance(annotations, list) else "the annotations"
+    counts = ", ".join(f"{k}={v}" for k, v in report.counts().items())
+    if report.problems and strict:
+        raise DataValidationError(report, source)
+    if require_valid and not report.samples:
+        fix = (f"python -m sa2va_ray.data.validate --annotations {annotations} --images {images_dir}"
+               if not isinstance(annotations, list) else "sa2va_ray.data.validate")
+        raise NoValidRecordsError(f"{source}: none of its {report.records} record(s) is valid ({counts or 'empty'}); "
+                                  f"see the full report with `{fix}` and fix the records")
     if report.problems:
-        if strict:
-            raise DataValidationError(report)
-        counts = ", ".join(f"{k}={v}" for k, v in report.counts().items())
         logger.warning(
             "%d of %d records excluded by validation (%s); first: record %d %s",
             report.invalid,
@@ -316,13 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     ap.add_argument("--oob-tolerance", type=float, default=DEFAULT_OOB_TOLERANCE)
     ap.add_argument("--pseudonymise", metavar="SALT", help="replace patient names/ids by salted hashes in outputs")
+    ap.add_argument("--model", help="model directory or training checkpoint: also check token lengths with it")
+    ap.add_argument("--allow-symlinks-outside", action="store_true",
+                    help="accept images whose symlinks lead out of the images directory")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        rules = None
+        if args.model:
+            from sa2va_ray.datasets import text_rules_for_model
+
+            rules = text_rules_for_model(args.model)
         report = validate_annotations(
-            args.annotations, args.images, max_pixels=args.max_pixels, oob_tolerance=args.oob_tolerance
+            args.annotations, args.images, max_pixels=args.max_pixels, oob_tolerance=args.oob_tolerance,
+            text_rules=rules, allow_symlinks_outside=args.allow_symlinks_outside,
         )
-    except AnnotationFileError as e:
+    except (AnnotationFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"validation of {args.annotations} against {args.images}")
@@ -331,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(salt=args.pseudonymise), indent=2) + "\n")
         print(f"report written to {args.report}")
+    if not report.samples:
+        print(f"error: none of the {report.records} record(s) of {args.annotations} is valid; fix the records "
+              "listed above", file=sys.stderr)
+        return 2
     if args.strict and report.problems:
         print(f"strict: {report.invalid} record(s) have problems", file=sys.stderr)
         return 1

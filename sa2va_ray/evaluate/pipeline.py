@@ -126,12 +126,12 @@ def _quiet_validation(quiet: bool):
 
 def _collect(c: Config, regex: str) -> EvalInputs:
     from sa2va_ray.data.validate import load_valid_samples
-    from sa2va_ray.datasets import prepare_splits
+    from sa2va_ray.datasets import prepare_splits, validation_kwargs
 
     if c.data.val_annotations:
         path = c.data.val_annotations
         raw = load_annotation_list(path)
-        samples, report = load_valid_samples(raw, c.data.images_dir)
+        samples, report = load_valid_samples(raw, c.data.images_dir, require_valid=False, **validation_kwargs(c))
         wanted = {p.index for p in report.problems}
     else:
         path = c.data.annotations
@@ -213,7 +213,8 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = _absolute(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
-    ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus)
+    ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
+                           allow_symlinks_outside=cfg.data.allow_symlinks_outside)
     ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ds.context.execution_options.actor_locality_enabled = False
     ds = ds.map_batches(
@@ -304,14 +305,14 @@ def check_model_path(cfg: Config) -> None:
                                 "training checkpoint (trainable.safetensors)")
 
 
-def _sample_loader(inputs: EvalInputs, alias: dict[str, str]):
+def _sample_loader(inputs: EvalInputs, alias: dict[str, str], allow_symlinks_outside: bool = False):
     from sa2va_ray.data.decode import decode_sample
 
     by_id = {s.sample_id(t): (s, t) for s in inputs.samples for t in range(len(s.texts))}
 
     def load(sample_id: str) -> tuple[np.ndarray, np.ndarray, str]:
         sample, t = by_id[sample_id]
-        d = decode_sample(sample, inputs.images_dir)
+        d = decode_sample(sample, inputs.images_dir, allow_symlinks_outside=allow_symlinks_outside)
         return d["image"], d["masks"][t], alias.get(sample.image, sample.image)
 
     return load
@@ -396,9 +397,8 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
         from sa2va_ray.data.pseudonymise import pseudonymise_name
 
         alias = {n: pseudonymise_name(n, cfg.data.salt, inputs.group_regex) for n in raw_names}
-    for stale in (out / "overlays").glob("*.png"):  # pictures of an earlier run into the same directory
-        stale.unlink()
-    overlays, problems = write_overlays(selector.selection(), _sample_loader(inputs, alias), out / "overlays")
+    loader = _sample_loader(inputs, alias, cfg.data.allow_symlinks_outside)
+    overlays, problems = write_overlays(selector.selection(), loader, out / "overlays")
     for p in problems:
         log.warning("%s", _hide_names(p, alias, cfg, inputs.group_regex))
     return EvalResult(out, summary, table, overlays, markdown)

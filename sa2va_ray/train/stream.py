@@ -94,15 +94,18 @@ def build_train_stream(cfg: Config, samples: list[Sample]):
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], samples: list[Sample], images_dir: str
+    batch: dict[str, np.ndarray], samples: list[Sample], images_dir: str, allow_symlinks_outside: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """A micro-batch of stream rows -> the processor's training samples, and one message per row that failed."""
+    """A micro-batch of stream rows -> the processor's training samples, and one message per row that failed.
+
+    ``allow_symlinks_outside`` is ``data.allow_symlinks_outside`` (see :func:`sa2va_ray.data.decode.decode_sample`).
+    """
     out, errors = [], []
     for i, t in zip(batch["sample"].tolist(), batch["text"].tolist()):
         s = samples[i]
         one = Sample(index=s.index, image=s.image, texts=[s.texts[t]], masks=[s.masks[t]])
         try:
-            d = decode_sample(one, images_dir)
+            d = decode_sample(one, images_dir, allow_symlinks_outside=allow_symlinks_outside)
         except Exception as e:  # changed since validation: this row is left out of its micro-batch
             errors.append(f"record {s.index} ({s.image}): cannot decode: {type(e).__name__}: {e}")
             continue

@@ -23,8 +23,10 @@ def validate_per_worker(
     world: int,
     batch_size: int,
     all_reduce: Callable[[torch.Tensor], torch.Tensor],
+    allow_symlinks_outside: bool = False,
 ) -> dict[str, float]:
-    """Mean Dice/IoU (per sample) and cIoU over ``samples``, split across ranks.
+    """Mean Dice/IoU (per sample) and cIoU over ``samples``, split across ranks (images read as in
+    :func:`sa2va_ray.data.decode.decode_rows`).
 
     Every rank runs the same number of forward passes (padding with a repeat whose result is discarded), because
     a ZeRO-3 forward is a collective.
@@ -39,7 +41,8 @@ def validate_per_worker(
         for b in range(n_batches):
             chunk = mine[b * batch_size : (b + 1) * batch_size]
             real = len(chunk)
-            decoded = [decode_rows(s, images_dir)[t] for s, t in (chunk or pairs[:1])]
+            decoded = [decode_rows(s, images_dir, allow_symlinks_outside=allow_symlinks_outside)[t]
+                       for s, t in (chunk or pairs[:1])]
             preds = model.predict([Image.fromarray(d["image"]) for d in decoded], [d["text"] for d in decoded])
             for d, pred in zip(decoded[:real], preds[:real]):
                 m = binary_metrics(pred[None], np.asarray(d["mask"], dtype=bool)[None])

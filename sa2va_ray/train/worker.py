@@ -150,7 +150,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[train] skipping the {skip} micro-batches per rank that steps 1-{step} used", flush=True)
 
     def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
-        samples, errors = decode_batch(batch, train_samples, images_dir)
+        samples, errors = decode_batch(batch, train_samples, images_dir, cfg.data.allow_symlinks_outside)
         if not samples:
             raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
         return processor.collate_train(samples), errors
@@ -198,7 +198,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         do_ckpt = step % ckpt_every == 0 or last
         if (step % val_every == 0 or do_ckpt) and val_samples:
             metrics.update(validate_per_worker(engine.module, val_samples, images_dir, rank, world,
-                                               batch_size=cfg.eval.batch_size, all_reduce=all_reduce))
+                                               batch_size=cfg.eval.batch_size, all_reduce=all_reduce,
+                                               allow_symlinks_outside=cfg.data.allow_symlinks_outside))
             if metrics["val/dice"] > best["val/dice"]:
                 best = {"val/dice": metrics["val/dice"], "step": step}
         echo = step % cfg.train.log_every == 0 or last or "val/dice" in metrics or step == 1

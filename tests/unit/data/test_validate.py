@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from sa2va_ray.data.annotations import PROBLEM_CODES
+from sa2va_ray.data.text_rules import TextRules
 from sa2va_ray.data.validate import DataValidationError, load_valid_samples, validate_annotations
 
 SQUARE = [2, 2, 12, 2, 12, 12, 2, 12]
@@ -49,9 +50,22 @@ def bad_set(tmp_path, files):
         {"image": "good.png", "mask": [SQUARE], "text": ["vessel"]},  # 15 duplicate_record (of 0)
         "just a string",  # 16 invalid_record
         {"image": "gone.png", "mask": [SQUARE]},  # 17 missing_image + empty_text
+        {"image": "../outside.png", "mask": [SQUARE], "text": ["vessel"]},  # 18 unsafe_path (file exists)
+        {"image": "good.png", "mask": [SQUARE], "text": ["the [SEG] vessel"]},  # 19 reserved_token
+        {"image": "good.png", "mask": [SQUARE], "text": ["x" * 60]},  # 20 too_long (with RULES)
+        {"image": "good.png", "mask": [[1, 1, 6, 6, 11, 11]], "text": ["vessel"]},  # 21 bad_polygon (collinear)
     ]
+    files.rgb(tmp_path / "outside.png")
     ann = files.records(tmp_path / "annotations.json", records)
+    # 22 duplicate_key: JSON text, since a Python dict cannot hold a repeated key
+    text = ann.read_text()[:-1] + ', {"image": "good.png", "mask": [[2, 2, 12, 2, 12, 12]], "image": "other.jpg", ' \
+        '"text": ["v"]}]'
+    ann.write_text(text)
     return ann, images
+
+
+RULES = TextRules(max_length=50, count_tokens=lambda texts, height, width: sum(map(len, texts)), source="test")
+"""Length rule with a character count as the token count (the real tokenizer is tested in test_text_rules.py)."""
 
 
 EXPECTED = {
@@ -68,31 +82,36 @@ EXPECTED = {
     15: {"duplicate_record"},
     16: {"invalid_record"},
     17: {"missing_image", "empty_text"},
+    18: {"unsafe_path"},
+    19: {"reserved_token"},
+    20: {"too_long"},
+    21: {"bad_polygon"},
+    22: {"duplicate_key"},
 }
 
 
 def test_every_problem_code(bad_set):
     ann, images = bad_set
-    report = validate_annotations(ann, images)
+    report = validate_annotations(ann, images, text_rules=RULES)
     got: dict[int, set[str]] = {}
     for p in report.problems:
         got.setdefault(p.index, set()).add(p.problem)
     assert got == EXPECTED
     assert set(report.counts()) == set(PROBLEM_CODES)
     assert [s.index for s in report.samples] == [0, 1, 2, 3, 11]
-    assert report.records == 18 and report.valid == 5 and report.invalid == 13
+    assert report.records == 23 and report.valid == 5 and report.invalid == 18
     by_index = {p.index: p for p in report.problems}
     assert by_index[15].message.endswith("record 0")
     assert by_index[5].image == "trunc.jpg" and "truncated" in by_index[5].message
 
 
 def test_report_json_shape_and_text(bad_set):
-    report = validate_annotations(*bad_set)
+    report = validate_annotations(*bad_set, text_rules=RULES)
     d = report.to_dict()
     assert set(d) == {"records", "valid", "problems"}
     assert all(set(p) == {"index", "image", "problem", "message"} for p in d["problems"])
     text = report.format(max_problems=3)
-    assert "records: 18" in text and "image_too_large" in text and "first 3 of" in text
+    assert "records: 23" in text and "image_too_large" in text and "first 3 of" in text
 
 
 def test_pseudonymised_report_hides_names(tmp_path, files):
@@ -108,18 +127,18 @@ def test_pseudonymised_report_hides_names(tmp_path, files):
 
 def test_load_valid_samples_strict_lists_all(bad_set):
     with pytest.raises(DataValidationError) as err:
-        load_valid_samples(*bad_set, strict=True)
+        load_valid_samples(*bad_set, strict=True, text_rules=RULES)
     message = str(err.value)
     for index in EXPECTED:
         assert f"record {index} " in message
-    assert len(err.value.report.problems) == 14
+    assert len(err.value.report.problems) == 19
 
 
 def test_load_valid_samples_lenient_warns(bad_set, caplog):
     with caplog.at_level(logging.WARNING, logger="sa2va_ray.data.validate"):
-        samples, report = load_valid_samples(*bad_set, strict=False)
-    assert len(samples) == 5 and report.invalid == 13
-    assert "13 of 18 records excluded" in caplog.text and "missing_image=2" in caplog.text
+        samples, report = load_valid_samples(*bad_set, strict=False, text_rules=RULES)
+    assert len(samples) == 5 and report.invalid == 18
+    assert "18 of 23 records excluded" in caplog.text and "missing_image=2" in caplog.text
 
 
 def test_synthetic_set_is_clean(synthetic_set):
@@ -141,7 +160,8 @@ def test_cli_exit_codes_and_json(bad_set, synthetic_set, tmp_path):
     assert "duplicate_record" in lenient.stdout and "record" in lenient.stdout
     report = json.loads(out.read_text())
     assert set(report) == {"records", "valid", "problems"}
-    assert report["records"] == 18 and report["valid"] == 5 and len(report["problems"]) == 14
+    # no --model: no length rule, so record 20 is valid here
+    assert report["records"] == 23 and report["valid"] == 6 and len(report["problems"]) == 18
     strict = _cli("--annotations", ann, "--images", images, "--strict")
     assert strict.returncode == 1
     clean = _cli("--annotations", synthetic_set, "--images", synthetic_set.parent / "images", "--strict")
