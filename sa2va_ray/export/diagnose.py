@@ -240,11 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="auto", choices=("auto", "safetensors", "deepspeed"),
                     help="checkpoints: read trainable.safetensors (auto, when present) or rebuild from the shards")
     args = ap.parse_args(argv)
+    if not args.run and (not 1 <= len(args.paths) <= 2 or (args.base and len(args.paths) == 2)):
+        ap.error("give one path (optionally with --base), two paths, or --run DIR")
+    from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
+
+    try:
+        return _run(args)
+    except (UnsafeCheckpointError, CheckpointReadError) as e:  # one line naming the file; nothing of it ran
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.run:
         print(describe_run(args.run, args.source))
         return 0
-    if not 1 <= len(args.paths) <= 2 or (args.base and len(args.paths) == 2):
-        ap.error("give one path (optionally with --base), two paths, or --run DIR")
     for p in args.paths:
         print(describe(p, args.source) + "\n")
     if len(args.paths) == 2:

@@ -8,11 +8,10 @@ Train) next to ``trainable.safetensors``. The shards alone are enough to rebuild
   ``get_fp32_state_dict_from_zero_checkpoint`` stitches them together (stage 1/2 flat groups, stage 3 per-parameter
   partitions), for whatever world size wrote them.
 
-Pickle safety: model-state files load with ``torch.load(weights_only=True)``. DeepSpeed's reader loads the
-optimizer files with ``weights_only=False`` (they pickle a ``LossScaler``, a ``ZeroStageEnum`` and
-``fragment_address`` objects). Before handing a directory to it we scan every ``*.pt`` file's pickle for the globals
-it would import (``torch.serialization.get_unsafe_globals_in_checkpoint``, which does not execute anything) and refuse
-any file that references something beyond those DeepSpeed classes, so an arbitrary pickle never runs.
+Pickle safety: DeepSpeed's reader loads the optimizer files with ``weights_only=False`` (they pickle a
+``LossScaler``, a ``ZeroStageEnum`` and ``fragment_address`` objects). Every ``*.pt`` file of the shard directory
+passes :func:`sa2va_ray.checkpoint.safety.check_pickle_file` (the same check the training resume runs) before
+anything here or in DeepSpeed reads it, so a file that could run code is refused, named, and never loaded.
 """
 
 from __future__ import annotations
@@ -24,20 +23,11 @@ from pathlib import Path
 
 import torch
 
+from sa2va_ray.checkpoint.safety import UnsafeCheckpointError, check_pickle_file  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 DS_TAG = "deepspeed"  # engine.save_checkpoint(tag=...) in sa2va_ray.train.checkpoint
-# The only non-tensor classes DeepSpeed (0.16-0.19) pickles into its ZeRO checkpoint files.
-ALLOWED_PICKLE_GLOBALS = frozenset({
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-})
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """A DeepSpeed file's pickle references code outside the allow-list; it is not loaded."""
 
 
 def deepspeed_dir(checkpoint_dir: str | Path) -> Path | None:
@@ -55,21 +45,18 @@ def has_deepspeed_shards(checkpoint_dir: str | Path) -> bool:
 
 
 def check_pickles(files: list[Path]) -> None:
-    """Refuse any file whose pickle would import a global outside torch's safe set and :data:`ALLOWED_PICKLE_GLOBALS`.
+    """Refuse any file that could run code when unpickled (see :mod:`sa2va_ray.checkpoint.safety`).
 
     Raises:
-        UnsafeCheckpointError: naming the file and the globals.
+        UnsafeCheckpointError: one line naming the file and the globals.
     """
     for f in files:
-        extra = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) - ALLOWED_PICKLE_GLOBALS)
-        if extra:
-            raise UnsafeCheckpointError(f"{f}: the pickle references {', '.join(extra)}; refusing to load it "
-                                        "(only DeepSpeed's loss-scaler/stage/fragment classes are allowed)")
+        check_pickle_file(f)
 
 
 def _model_states(ds_dir: Path) -> dict:
+    check_pickles(sorted(ds_dir.glob("*.pt")))  # every file before any is read, whichever reader follows
     files = sorted(ds_dir.glob("*model_states.pt"))
-    # Plain tensors, dicts and lists only: the safe loader suffices.
     return torch.load(files[0], map_location="cpu", weights_only=True, mmap=True)
 
 
@@ -124,7 +111,6 @@ def read_deepspeed_trained(
                            f"{', '.join(missing[:20])}")
         return {n: module[n].detach().to(torch.float32).clone() for n in sorted(trainable_names)}
 
-    check_pickles(sorted(ds_dir.glob("*.pt")))
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     sink = io.StringIO()  # DeepSpeed prints its progress and bars; keep them for debugging instead of the console

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, save_config
 from sa2va_ray.export.fingerprint import write_fingerprint
 
@@ -72,8 +73,13 @@ def save_checkpoint_per_worker(
 
 
 def load_checkpoint_per_worker(engine, checkpoint) -> dict[str, Any]:
-    """Restore model, optimizer and LR schedule from a reported checkpoint; returns the client state."""
+    """Restore model, optimizer and LR schedule from a reported checkpoint; returns the client state.
+
+    DeepSpeed unpickles its files with ``weights_only=False``: each is checked first, and a file that could run code
+    fails the worker with one line naming it (:mod:`sa2va_ray.checkpoint.safety`); nothing of it is executed.
+    """
     with checkpoint.as_directory() as d:
+        check_checkpoint_files(d)
         path, client = engine.load_checkpoint(d, tag=DS_TAG)
     if path is None:
         raise RuntimeError(f"DeepSpeed found no checkpoint under {checkpoint.path}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_to_dict
 from sa2va_ray.datasets import Splits, prepare_splits
 
@@ -46,6 +47,8 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
         num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
         placement_strategy=sc.placement_strategy,
     )
+    if "://" not in cfg.storage:  # a resume unpickles these on every worker: refuse a code-carrying file here first
+        check_checkpoint_files(Path(cfg.storage) / cfg.name, "checkpoint_*/**/*.pt", skip_unreadable=True)
     if run_config is None:
         run_config = ray.train.RunConfig(
             name=cfg.name,
