@@ -72,6 +72,16 @@ def test_overrides_apply_and_are_typed():
         ("model.preset=huge", "preset"),
         ("lora.dropout=1.5", "dropout"),
         ("train.max_steps", "dotted.key=value"),  # not an override
+        ("train.epochs=0", "train.epochs"),  # caught only inside Ray once
+        ("train.log_every=0", "train.log_every"),
+        ("train.num_to_keep=0", "train.num_to_keep"),
+        ("train.warmup_steps=-1", "train.warmup_steps"),
+        ("train.val_every=-5", "train.val_every"),
+        ("train.min_lr_ratio=2", "min_lr_ratio"),
+        ("train.health.patience=0", "patience"),
+        ("scaling.cpus_per_worker=0", "cpus_per_worker"),
+        ("scaling.wait_for_resources_s=-1", "wait_for_resources_s"),
+        ("eval.num_overlays=-1", "num_overlays"),
     ],
 )
 def test_bad_overrides_raise_config_error(override, needle):
