@@ -54,12 +54,12 @@ def check_writable(path: str, key: str) -> None:
 def check_model_path(path: str, key: str = "model.path") -> None:
     """Pre-flight of a model directory or training checkpoint on the driver: it exists, and its headers and sizes are
     intact (:mod:`sa2va_ray.integrity`); else an :class:`~sa2va_ray.integrity.IntegrityError` naming the file."""
-    from sa2va_ray.integrity import IntegrityError, find_damage
+    from sa2va_ray.integrity import IntegrityError, find_damage, is_checkpoint_dir
 
     if not path:
         return
     p = Path(path)
-    if not ((p / "config.json").is_file() or (p / "trainable.safetensors").is_file()):
+    if not ((p / "config.json").is_file() or is_checkpoint_dir(p)):
         what = "does not exist" if not p.exists() else "is neither a model directory (config.json) nor a training " \
             "checkpoint (trainable.safetensors)"
         raise IntegrityError(f"{key}={path} {what}")

@@ -135,19 +135,31 @@ def expected_deepspeed_files(zero_stage: int, world_size: int) -> list[str]:
     return model + optim
 
 
-def check_training_checkpoint(path: str | Path) -> None:
+def check_training_checkpoint(path: str | Path, complete: bool = True) -> None:
     """A checkpoint written by :mod:`sa2va_ray.train.checkpoint`: metadata parses, ``trainable.safetensors`` is
-    complete and every rank's DeepSpeed shard is present and complete."""
+    complete and every rank's DeepSpeed shard is present and complete.
+
+    Args:
+        complete: every file the training loop writes must be there (a resume candidate). False (a checkpoint given
+            as ``model.path``): what is there must be intact and whole, and the trained tensors must come from
+            ``trainable.safetensors`` or the DeepSpeed shards (export ``--source deepspeed`` reads only those).
+    """
     d = Path(path)
     if not d.is_dir():
         raise IntegrityError(f"{d}: missing")
-    state = check_json(d / "train_state.json")
     if not (d / "config.yaml").is_file():
         raise IntegrityError(f"{d / 'config.yaml'}: missing")
-    check_safetensors(d / "trainable.safetensors")
     ds = d / "deepspeed"
-    if not ds.is_dir():
-        raise IntegrityError(f"{ds}: missing (the DeepSpeed shards)")
+    shards = sorted(ds.glob("*.pt"))
+    state = check_json(d / "train_state.json") if complete or (d / "train_state.json").exists() else None
+    if complete or (d / "trainable.safetensors").exists() or not shards:
+        check_safetensors(d / "trainable.safetensors")
+    if not shards and not complete:
+        return
+    if state is None:  # no record of the stage and world size: every shard that is there must be whole
+        for f in shards:
+            check_torch_zip(f)
+        return
     try:
         stage, world = int(state["zero_stage"]), int(state["world_size"])
     except (KeyError, TypeError, ValueError):
@@ -159,13 +171,26 @@ def check_training_checkpoint(path: str | Path) -> None:
         check_torch_zip(found[0])
 
 
-def find_damage(path: str | Path, kind: str = "auto") -> str | None:
-    """None when intact, else the one-line reason (naming the file). ``kind``: auto | model | checkpoint."""
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """A training checkpoint rather than a model directory (its trained tensors, state or DeepSpeed shards)."""
     d = Path(path)
-    if kind == "auto":
-        kind = "checkpoint" if (d / "train_state.json").exists() or (d / "trainable.safetensors").exists() else "model"
+    return any((d / n).exists() for n in ("trainable.safetensors", "train_state.json")) or (
+        (d / "config.yaml").is_file() and any((d / "deepspeed").glob("*model_states.pt")))
+
+
+def find_damage(path: str | Path, kind: str = "auto") -> str | None:
+    """None when intact, else the one-line reason (naming the file).
+
+    ``kind``: ``checkpoint`` (a resume candidate: every file the loop writes), ``model`` (a model directory) or
+    ``auto`` (either, as given by a user: the files a checkpoint has must be intact)."""
+    d = Path(path)
     try:
-        (check_training_checkpoint if kind == "checkpoint" else check_model_dir)(d)
+        if kind == "checkpoint":
+            check_training_checkpoint(d)
+        elif kind == "auto" and is_checkpoint_dir(d):
+            check_training_checkpoint(d, complete=False)
+        else:
+            check_model_dir(d)
     except IntegrityError as e:
         return str(e)
     return None

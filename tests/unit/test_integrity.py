@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,8 @@ def test_garbage_config_json_is_named(tmp_path):
 
 def test_sharded_model_index_names_missing_shard(tmp_path):
     d = make_model_dir(tmp_path / "m")
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}}))
+    index = {"weight_map": {"a": "model-00002-of-00002.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(IntegrityError, match="model-00002-of-00002.safetensors: missing"):
         check_model_dir(d)
 
@@ -133,7 +135,19 @@ def test_missing_or_truncated_checkpoint_file_is_named(tmp_path, stage, victim):
             (d / victim).unlink()
         else:
             _truncate(d / victim, 0.6)
-        reason = find_damage(d)
+        reason = find_damage(d, kind="checkpoint")  # a resume candidate: every file the loop writes
         if how == "truncated" and victim == "config.yaml":
             continue  # YAML text has no size to check; the run's config is re-validated when loaded
         assert reason is not None and Path(victim).name in reason, (how, reason)
+
+
+def test_checkpoint_given_as_model_path_may_hold_only_one_copy_of_the_trained_tensors(tmp_path):
+    shards_only = make_checkpoint(tmp_path / "shards_only")
+    (shards_only / "trainable.safetensors").unlink()  # export --source deepspeed rebuilds it from the shards
+    assert find_damage(shards_only) is None
+    assert "trainable.safetensors: missing" in find_damage(shards_only, kind="checkpoint")  # not a resume candidate
+    slim = make_checkpoint(tmp_path / "slim")
+    shutil.rmtree(slim / "deepspeed")  # optimizer states deleted to save space
+    assert find_damage(slim) is None and "deepspeed" in find_damage(slim, kind="checkpoint")
+    (shards_only / "deepspeed" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt: missing" in find_damage(shards_only)
