@@ -28,6 +28,7 @@ are fine (the fill is clipped to the canvas).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import numbers
@@ -165,6 +166,8 @@ def load_annotation_list(path: str | Path, allow_empty: bool = False) -> list[An
     """
     path = Path(path)
     fix = "point data.annotations (or --annotations) to an annotations.json in the official format"
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # JSON builds no cycles; collections during a 100k-record parse made it 5x slower (superlinear)
     try:
         with path.open(encoding="utf-8") as f:
             data = json.load(f, object_pairs_hook=_object_pairs)
@@ -181,6 +184,9 @@ def load_annotation_list(path: str | Path, allow_empty: bool = False) -> list[An
         ) from e
     except (OSError, RecursionError) as e:
         raise AnnotationFileError(f"cannot read annotations file {path}: {type(e).__name__}: {e}") from e
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if not isinstance(data, list):
         raise AnnotationFileError(
             f"annotations file {path} holds a JSON {type(data).__name__}, not a list of records "
