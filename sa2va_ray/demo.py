@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sa2va_ray.cli import command_line, init_ray, setup_logging
+from sa2va_ray.cli import check_writable, command_line, init_ray, job_main, setup_logging
 from sa2va_ray.config import ConfigError, load_config, save_config
 
 
@@ -22,6 +22,7 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -29,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides).resolve_paths()
+        check_writable(cfg.output_dir, "output_dir")
     except ConfigError as e:
         ap.exit(2, f"config error: {e}\n")
     setup_logging()
     t0 = time.perf_counter()
-    save_config(cfg, command=command_line())
 
     from sa2va_ray.data.validate import validate_annotations
     from sa2va_ray.datasets import ensure_data, prepare_splits
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(95% CI {trained['metrics']['dice']['ci_low']:.4f}..{trained['metrics']['dice']['ci_high']:.4f}, "
           f"{trained['n_ok']} samples)")
     print(f"tables and overlays: {Path(cfg.output_dir) / 'eval'}  |  model: {outcome.model_dir}")
+    save_config(cfg, command=command_line())  # after the outputs it describes
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
