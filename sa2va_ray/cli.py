@@ -32,6 +32,10 @@ def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[Con
         check_writable(cfg.output_dir, "output_dir")
         if cfg.storage_path and "://" not in cfg.storage_path:
             check_writable(cfg.storage_path, "storage_path")
+        if cfg.data.pseudonymise:  # the secret salt is readable and not the public one, before any work starts
+            from sa2va_ray.data.pseudonymise import load_salt
+
+            load_salt(cfg.data.salt_file)
     except ConfigError as e:
         parser.exit(2, f"config error: {e}\n")
     if args.strict:
@@ -53,7 +57,8 @@ def check_writable(path: str, key: str) -> None:
 
 def check_model_path(path: str, key: str = "model.path") -> None:
     """Pre-flight of a model directory or training checkpoint on the driver: it exists, and its headers and sizes are
-    intact (:mod:`sa2va_ray.integrity`); else an :class:`~sa2va_ray.integrity.IntegrityError` naming the file."""
+    intact (:mod:`sa2va_ray.integrity`); else an :class:`~sa2va_ray.integrity.IntegrityError` naming the file. Its
+    pickles must not be able to run code (:mod:`sa2va_ray.checkpoint.safety`), else ``UnsafeCheckpointError``."""
     from sa2va_ray.integrity import IntegrityError, find_damage, is_checkpoint_dir
 
     if not path:
@@ -66,6 +71,9 @@ def check_model_path(path: str, key: str = "model.path") -> None:
     reason = find_damage(p)
     if reason:
         raise IntegrityError(f"{key}: {reason}; re-export or copy it again, or point {key} at an intact model")
+    from sa2va_ray.checkpoint.safety import check_checkpoint_files
+
+    check_checkpoint_files(p)  # DeepSpeed shards a loader would unpickle: refused here if they could run code
 
 
 def check_data_paths(cfg: Config) -> None:
@@ -87,6 +95,7 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(fn)
     def main(*args, **kwargs) -> int:
+        from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
         from sa2va_ray.data.annotations import AnnotationFileError
         from sa2va_ray.integrity import IntegrityError
         from sa2va_ray.resources import ResourceError
@@ -95,7 +104,7 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
             return fn(*args, **kwargs)
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr, flush=True)
-        except (IntegrityError, ResourceError, AnnotationFileError) as e:
+        except (IntegrityError, ResourceError, AnnotationFileError, UnsafeCheckpointError, CheckpointReadError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 

@@ -53,13 +53,17 @@ class DataConfig:
     strict: bool = False  # any invalid record fails the job before work starts
     allow_symlinks_outside: bool = False  # accept image symlinks that lead out of images_dir (else unsafe_path)
     pseudonymise: bool = False  # replace patient names/ids with salted hashes in every output
-    salt: str = "sa2va-ray"  # salt for pseudonymisation (change it per project)
+    salt_file: str = ""  # file whose first line is the secret salt; empty: the SA2VA_SALT environment variable
+    salt: str = ""  # refused when set: a salt in a config or command line would be written to config.yaml and logs
     deterministic: bool = False  # Ray Data keeps row order, so the same seed sees the same batches (slower)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.salt:
+            raise ConfigError("data.salt: the salt must stay secret, and configs and command lines are written to "
+                              "config.yaml, checkpoints and job logs; put it in data.salt_file=FILE or SA2VA_SALT")
 
 
 @dataclass
@@ -303,7 +307,7 @@ class Config:
         self.storage_path = fix(self.storage_path)
         d, m = self.data, self.model
         d.annotations, d.val_annotations, d.images_dir = fix(d.annotations), fix(d.val_annotations), fix(d.images_dir)
-        d.synthetic.out = fix(d.synthetic.out)
+        d.synthetic.out, d.salt_file = fix(d.synthetic.out), fix(d.salt_file)
         m.path, m.internvl_path, m.sam2_checkpoint = fix(m.path), fix(m.internvl_path), fix(m.sam2_checkpoint)
         m.official_path = fix(m.official_path)
         if m.sam2_config.endswith((".yaml", ".yml")):

@@ -10,6 +10,7 @@ from typing import Any
 
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import Sample
+from sa2va_ray.data.pseudonymise import Pseudonymiser, image_names, install_log_pseudonymiser, load_salt
 from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, split_records
 from sa2va_ray.data.text_rules import TextRules, text_rules_from_processor
 from sa2va_ray.data.validate import ValidationReport, load_valid_samples
@@ -27,6 +28,7 @@ class Splits:
     reports: dict[str, ValidationReport] = field(default_factory=dict)
     train_patients: int = 0
     val_patients: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)  # raw image name -> pseudonym (data.pseudonymise only)
 
     def summary(self) -> str:
         """One readable line per split."""
@@ -138,6 +140,7 @@ def prepare_splits(cfg: Config) -> Splits:
     ensure_data(cfg)
     d = cfg.data
     regex = d.group_regex or DEFAULT_GROUP_REGEX
+    pz = start_pseudonymising(cfg, regex)
     kw = validation_kwargs(cfg)
     if d.val_annotations:
         train, rep_t = load_valid_samples(d.annotations, d.images_dir, strict=d.strict, **kw)
@@ -151,11 +154,33 @@ def prepare_splits(cfg: Config) -> Splits:
         val = [s for s in samples if id(s.record) in val_ids]
         out = Path(cfg.output_dir) / "split"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train.json").write_text(json.dumps(result.train))
-        (out / "val.json").write_text(json.dumps(result.val))
+        for name, records in (("train", result.train), ("val", result.val)):
+            if pz is not None:  # a run's split files hold pseudonyms; the split CLI keeps records unchanged
+                records = [{**r, "image": pz.name(r["image"])} if isinstance(r.get("image"), str) else r
+                           for r in records]
+            (out / f"{name}.json").write_text(json.dumps(records))
         splits = Splits(train, val, d.images_dir, {"all": rep})
     from sa2va_ray.data.split import group_id
 
     splits.train_patients = len({group_id(s.image, regex) for s in splits.train})
     splits.val_patients = len({group_id(s.image, regex) for s in splits.val})
+    if pz is not None:  # the workers' table for their own messages (they never get the salt)
+        splits.aliases = {s.image: pz.name(s.image) for s in (*splits.train, *splits.val)}
     return splits
+
+
+def start_pseudonymising(cfg: Config, regex: str) -> Pseudonymiser | None:
+    """With ``data.pseudonymise``: the run's :class:`Pseudonymiser` (salt from ``data.salt_file`` or ``$SA2VA_SALT``,
+    every image name of the annotation files known), also applied to every log record of this process from now on.
+
+    Raises:
+        ConfigError: no usable salt (one line).
+    """
+    d = cfg.data
+    if not d.pseudonymise:
+        install_log_pseudonymiser(None)
+        return None
+    names = [n for f in (d.annotations, d.val_annotations) if f for n in image_names(f)]
+    pz = Pseudonymiser(load_salt(d.salt_file), regex, names)
+    install_log_pseudonymiser(pz.text)
+    return pz

@@ -38,6 +38,7 @@ DEEPSPEED_GLOBALS = frozenset({
 ALLOWED = "only tensors and DeepSpeed's own classes are allowed"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
 _NO_STACK_CHANGE = {"PROTO", "FRAME"}
+ZIP_MAGIC = b"PK\x03\x04"  # torch.load reads a file as a zip archive exactly when it starts with this
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -165,13 +166,19 @@ def _dry_run(path: Path, deepspeed_classes: set[str]) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def _check(path: Path, mtime_ns: int, size: int) -> None:  # keyed on the file's identity: re-checks a changed file
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) < len(ZIP_MAGIC):
+        raise CheckpointReadError(f"{path}: cannot be read (empty or cut short: {size} bytes)")
+    if head != ZIP_MAGIC:  # torch.load's own test: anything else goes to the legacy (full) unpickler
         with open(path, "rb") as f:  # name what a legacy/plain file's leading pickles would import, where readable
-            try:
-                for _ in range(5):  # torch's legacy format: magic number, protocol, sys info, object, storage keys
+            for i in range(5):  # torch's legacy format: magic number, protocol, sys info, object, storage keys
+                try:
                     _scan(path, f)
-            except CheckpointReadError:
-                pass
+                except CheckpointReadError:
+                    if i == 0:  # garbage (a crash, a full disk): damage for the resume repair, not an attack
+                        raise CheckpointReadError(f"{path}: cannot be read (not a torch zip, not a pickle)") from None
+                    break
         raise _refuse(path, "not in torch's zip format (a legacy or plain pickle)")
     _dry_run(path, _scan_zip(path) & DEEPSPEED_GLOBALS)
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from sa2va_ray.config import Config, config_from_dict, config_to_dict
 from sa2va_ray.data.annotations import AnnotationFileError, Problem, Sample, load_annotation_list
+from sa2va_ray.data.pseudonymise import load_salt
 from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, group_id
 from sa2va_ray.evaluate.predictor import PACKED_COLUMN, Sa2VAPredictor, empty_row, mark_error
 from sa2va_ray.evaluate.report import (
@@ -294,7 +295,7 @@ def _hide_names(message: str, alias: dict[str, str], cfg: Config, regex: str) ->
 
     for name, a in alias.items():
         message = message.replace(name, a)
-    return pseudonymise_text(message, cfg.data.salt, regex)
+    return pseudonymise_text(message, load_salt(cfg.data.salt_file), regex)
 
 
 def check_model_path(cfg: Config) -> None:
@@ -372,7 +373,7 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     table["patient"] = [group_id(n, inputs.group_regex) if n else "" for n in table["image"]]
     raw_names = sorted({s.image for s in inputs.samples})
     if cfg.data.pseudonymise:
-        table = pseudonymise_table(table, cfg.data.salt, inputs.group_regex)
+        table = pseudonymise_table(table, load_salt(cfg.data.salt_file), inputs.group_regex)
     table = order_columns(table)
     write_sample_tables(table, out)
 
@@ -396,7 +397,8 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     if cfg.data.pseudonymise:
         from sa2va_ray.data.pseudonymise import pseudonymise_name
 
-        alias = {n: pseudonymise_name(n, cfg.data.salt, inputs.group_regex) for n in raw_names}
+        salt = load_salt(cfg.data.salt_file)
+        alias = {n: pseudonymise_name(n, salt, inputs.group_regex) for n in raw_names}
     loader = _sample_loader(inputs, alias, cfg.data.allow_symlinks_outside)
     overlays, problems = write_overlays(selector.selection(), loader, out / "overlays")
     for p in problems:

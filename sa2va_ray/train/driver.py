@@ -47,8 +47,6 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
         num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
         placement_strategy=sc.placement_strategy,
     )
-    if "://" not in cfg.storage:  # a resume unpickles these on every worker: refuse a code-carrying file here first
-        check_checkpoint_files(Path(cfg.storage) / cfg.name, "checkpoint_*/**/*.pt", skip_unreadable=True)
     if run_config is None:
         run_config = ray.train.RunConfig(
             name=cfg.name,
@@ -60,11 +58,16 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
         )
-    if "://" not in run_config.storage_path:  # resume only from committed, intact checkpoints
-        repair_run_dir(Path(run_config.storage_path) / run_config.name)
+    if "://" not in run_config.storage_path:
+        run_dir = Path(run_config.storage_path) / run_config.name
+        # Resume only from committed, intact checkpoints: damaged and uncommitted ones are set aside first (reading
+        # headers and zip directories only, never unpickling), so the pickle check below sees what a resume loads.
+        repair_run_dir(run_dir)
+        # A resume unpickles these on every worker: refuse a code-carrying file first
+        check_checkpoint_files(run_dir, "checkpoint_*/**/*.pt", skip_unreadable=True)
     train_ds, plan = build_train_stream(cfg, splits.train)
     loop_config = {"cfg": config_to_dict(cfg), "train_samples": splits.train, "val_samples": splits.val,
-                   "images_dir": splits.images_dir, "stream": plan.to_dict()}
+                   "images_dir": splits.images_dir, "stream": plan.to_dict(), "aliases": splits.aliases}
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,

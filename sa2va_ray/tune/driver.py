@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_from_dict, config_to_dict, with_overrides
 from sa2va_ray.datasets import Splits, prepare_splits
 from sa2va_ray.tune.space import build_search_space
@@ -132,6 +133,8 @@ def run_tune_driver(cfg: Config):
     concurrent = derive_max_concurrent(cfg)
     callbacks = [TrialProgress(max_reports)]
     if tune.Tuner.can_restore(path):
+        if "://" not in storage:  # resumed trials unpickle their checkpoints on every worker: refuse code-carrying ones
+            check_checkpoint_files(storage, "trial_*/checkpoint_*/**/*.pt", skip_unreadable=True)
         print(f"[tune] resuming the sweep in {path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=space)
     else:

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "demo.yaml"
 PATIENT_ID = re.compile(r"\(\d{10}\)")
+SALT = "evaluate-job-test-salt-0123456789"
 
 
 def _load_job(name: str):
@@ -66,11 +67,13 @@ def setup(tmp_path_factory):
         {"image": doomed, "mask": recs[4]["mask"], "text": ["blood vessel"]},  # 12: deleted after validation
     ]
     ann.write_text(json.dumps(recs))
+    salt_file = root / "salt.txt"
+    salt_file.write_text(SALT + "\n")
     build_tiny_sa2va(seed=0).save_pretrained(root / "model0")
     build_tiny_sa2va(seed=1).save_pretrained(root / "model1")
     overrides = [
         f"data.annotations={ann}", f"data.val_annotations={ann}", f"data.images_dir={images}",
-        "data.pseudonymise=true", "data.salt=test-salt", "eval.num_actors=2", "eval.batch_size=4",
+        "data.pseudonymise=true", f"data.salt_file={salt_file}", "eval.num_actors=2", "eval.batch_size=4",
         "eval.num_overlays=1", "eval.n_boot=200",
     ]  # fmt: skip
     return {"root": root, "images": images, "doomed": doomed, "overrides": overrides}
@@ -139,6 +142,8 @@ def test_summary_counts_and_files(evaluated, setup):
 
 def test_patient_ids_are_pseudonymised_everywhere(evaluated):
     _, eval_dir = evaluated
+    for f in (p for p in eval_dir.parent.rglob("*") if p.is_file()):  # the salt is never written
+        assert SALT.encode() not in f.read_bytes(), f"the salt is in {f}"
     for name in ("samples.csv", "summary.md", "summary.json"):
         text = (eval_dir / name).read_text()
         assert not PATIENT_ID.search(text), f"patient id in {name}"

@@ -82,22 +82,61 @@ def test_export_and_forensics_refuse(kind, attempts, tmp_path):
     assert not (tmp_path / "model").exists() and not list(out.glob("ran_*"))
 
 
-@pytest.mark.parametrize("kind", ["zip_nested", "legacy_torch"])
+def _committed_run(storage: Path, name: str, ckpt: Path) -> Path:
+    """``storage/name`` holding ``ckpt`` as a checkpoint Ray committed (named in its run snapshot)."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _CheckpointManagerState,
+        _TrainingResultState,
+    )
+
+    from sa2va_ray.train.resume import SNAPSHOT_FILE
+
+    run, dir_name = storage / name, "checkpoint_2026-01-01_00-00-00.000000"
+    shutil.copytree(ckpt, run / dir_name)
+    result = _TrainingResultState(checkpoint_dir_name=dir_name, metrics={"step": 3})
+    state = _CheckpointManagerState(
+        checkpoint_results=[result], checkpoint_report_indices=[1], latest_checkpoint_result=result,
+        pending_training_results=[], pending_validation_specs=[], current_report_index=1,
+        validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+        failed_validation_checkpoint_dir_names=[],
+    )
+    (run / SNAPSHOT_FILE).write_text(state.json())
+    return run / dir_name
+
+
+@pytest.mark.parametrize("kind", ["zip_nested", "zip_eval"])
 def test_model_loader_and_training_preflight_refuse(kind, attempts, tmp_path):
-    """Evaluation and prediction load ``model.path`` through ``load_model``; a resumed run passes ``build_trainer``."""
+    """Evaluation and prediction load ``model.path`` through ``load_model``; a resumed run passes ``build_trainer``
+    (Tune trials too) before any Ray work."""
     from sa2va_ray.build import load_model
+    from sa2va_ray.cli import check_model_path
     from sa2va_ray.config import load_config
     from sa2va_ray.datasets import Splits
     from sa2va_ray.train.driver import build_trainer
 
     out, _ = attempts
-    with pytest.raises(UnsafeCheckpointError, match=_refused(kind, out)):
-        load_model(out / kind)
+    for load in (lambda: load_model(out / kind), lambda: check_model_path(str(out / kind))):
+        with pytest.raises(UnsafeCheckpointError, match=_refused(kind, out)):
+            load()
     cfg = load_config(DEMO, [f"output_dir={tmp_path / 'run'}", f"storage_path={tmp_path / 'ray'}"])
-    shutil.copytree(out / kind, tmp_path / "ray" / cfg.name / "checkpoint_2026-01-01_00-00-00.000000")
-    with pytest.raises(UnsafeCheckpointError, match="checkpoint_2026-01-01_00-00-00.000000/deepspeed/"):
+    planted = _committed_run(tmp_path / "ray", cfg.name, out / kind)
+    with pytest.raises(UnsafeCheckpointError, match=f"{planted}/deepspeed/"):
         build_trainer(cfg, Splits([], [], ""))
     assert not list(out.glob("ran_*"))
+
+
+def test_legacy_pickle_in_a_committed_checkpoint_is_never_resumed_from(attempts, tmp_path):
+    """The resume repair sets a non-zip shard aside as damaged (it reads zip directories only); were it kept, the
+    pickle check refuses it."""
+    from sa2va_ray.checkpoint.safety import check_checkpoint_files
+    from sa2va_ray.train.resume import repair_run_dir
+
+    out, _ = attempts
+    planted = _committed_run(tmp_path / "ray", "run", out / "legacy_torch")
+    with pytest.raises(UnsafeCheckpointError, match="not in torch's zip format|pickle references posix.system"):
+        check_checkpoint_files(planted.parent, "checkpoint_*/**/*.pt", skip_unreadable=True)
+    repair = repair_run_dir(planted.parent)
+    assert planted.name in repair.damaged and repair.resume_from is None and not planted.exists()
 
 
 def test_deepspeeds_own_checkpoint_still_reads_everywhere(attempts, tmp_path):

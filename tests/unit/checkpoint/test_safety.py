@@ -134,3 +134,14 @@ def test_legacy_format_is_refused_even_without_a_bad_global(tmp_path):
     torch.save({"module": {"w": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
     with pytest.raises(UnsafeCheckpointError, match="not in torch's zip format"):
         check_pickle_file(path)
+
+
+@pytest.mark.parametrize("keep", [0, 3, 0.5])
+def test_file_cut_short_is_damaged_not_unsafe(keep, tmp_path):
+    """A shard a crash cut short is left to the resume repair (named), never mistaken for an attack."""
+    path = tmp_path / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    torch.save({"w": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(CheckpointReadError, match=f"{path}: cannot be read"):
+        check_pickle_file(path)
