@@ -145,6 +145,14 @@ def hide_names(message: str, aliases: Mapping[str, str]) -> str:
     return message
 
 
+def hide_exception(error: BaseException, aliases: Mapping[str, str]) -> BaseException:
+    """``error`` itself when its traceback quotes no known raw name, else a ``RuntimeError`` carrying the traceback
+    with pseudonyms (raise it ``from None``: the original, which Ray would print and pickle, is dropped)."""
+    text = "".join(traceback.format_exception(error)).rstrip("\n")
+    hidden = hide_names(text, aliases)
+    return error if hidden == text else RuntimeError(f"{type(error).__name__} (names pseudonymised):\n{hidden}")
+
+
 class Pseudonymiser:
     """Pseudonyms of file names and free text under one salt, with a table of the raw names a run knows of.
 

@@ -102,12 +102,13 @@ def validation_error_rows(raw: list[Any], problems: list[Problem], indices: set[
 
 def collect_eval_inputs(cfg: Config) -> EvalInputs:
     """Validate the evaluation records (never strict here: failures become rows, strictness is applied at the end)."""
-    from sa2va_ray.datasets import ensure_data
+    from sa2va_ray.datasets import ensure_data, start_pseudonymising
 
     c = config_from_dict(config_to_dict(cfg))
     c.data.strict = False
     ensure_data(c)
     regex = c.data.group_regex or DEFAULT_GROUP_REGEX
+    start_pseudonymising(c, regex)  # this process's log records quote pseudonyms only (with data.pseudonymise)
     with _quiet_validation(c.data.pseudonymise):
         return _collect(c, regex)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sa2va_ray.config import config_from_dict
-from sa2va_ray.data.pseudonymise import hide_names, install_log_pseudonymiser
+from sa2va_ray.data.pseudonymise import hide_exception, hide_names, install_log_pseudonymiser
 from sa2va_ray.train.checkpoint import (
     gather_trainable_state,
     load_checkpoint_per_worker,
@@ -79,6 +79,19 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         loop_config: ``{"cfg": config_to_dict(cfg), "train_samples": [...], "val_samples": [...],
             "images_dir": str, "stream": StreamPlan.to_dict(), "aliases": {raw image name: pseudonym}}``.
     """
+    aliases = loop_config.get("aliases") or {}  # data.pseudonymise: raw image name -> pseudonym (never the salt)
+    # Every log line and error of this worker quotes pseudonyms only (they reach the driver and Ray's job logs).
+    install_log_pseudonymiser((lambda message: hide_names(message, aliases)) if aliases else None)
+    try:
+        _train_per_worker(loop_config)
+    except Exception as e:
+        hidden = hide_exception(e, aliases) if aliases else e
+        if hidden is e:
+            raise
+        raise hidden from None  # the original quotes raw names: Ray would print and pickle it
+
+
+def _train_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
     import torch.distributed as dist
@@ -88,9 +101,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     from sa2va_ray.train.deepspeed_config import build_deepspeed_config
 
     cfg = config_from_dict(loop_config["cfg"])
-    aliases = loop_config.get("aliases") or {}  # data.pseudonymise: raw image name -> pseudonym (never the salt)
-    # Every log line of this worker quotes pseudonyms only (they reach the driver and Ray's job logs).
-    install_log_pseudonymiser((lambda message: hide_names(message, aliases)) if aliases else None)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     is_main = rank == 0
@@ -156,8 +166,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
         samples, errors = decode_batch(batch, train_samples, images_dir, cfg.data.allow_symlinks_outside)
         if not samples:
-            raise RuntimeError(hide_names("no row of a training micro-batch could be decoded: " + "; ".join(errors),
-                                          aliases))
+            raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
         return processor.collate_train(samples), errors
 
     micro, decode_errors = 0, 0

@@ -149,3 +149,17 @@ def test_worker_decode_error_quotes_pseudonyms_only(dataset, tmp_path):
     aliases = Pseudonymiser(SALT, names=[GHOST]).aliases
     hidden = hide_names(errors[0], aliases)
     assert "Ghost_Patient" not in hidden and "0000000099" not in hidden and aliases[GHOST] in hidden
+
+
+def test_worker_error_with_a_raw_name_is_replaced_by_a_pseudonymised_one():
+    from sa2va_ray.data.pseudonymise import hide_exception
+
+    aliases = Pseudonymiser(SALT, names=[GHOST]).aliases
+    try:
+        open(f"/nonexistent/{GHOST}")
+    except FileNotFoundError as e:
+        hidden = hide_exception(e, aliases)
+    assert isinstance(hidden, RuntimeError) and "FileNotFoundError" in str(hidden)
+    assert "Ghost_Patient" not in str(hidden) and aliases[GHOST] in str(hidden)
+    plain = ValueError("train.lr must be > 0")
+    assert hide_exception(plain, aliases) is plain  # nothing to hide: the error keeps its type
