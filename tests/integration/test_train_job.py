@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,32 @@ def test_resume_continues_step_count(zero2_run, synthetic_set):
     assert lr[3] == 0.0 and lr[4] > 0.0  # the cosine follows the new max_steps, not the finished 4-step schedule
     states = [json.loads((c / "train_state.json").read_text())["step"] for c in _checkpoints(zero2_run)]
     assert max(states) == 6
+
+
+def test_damaged_latest_checkpoint_resumes_from_newest_intact(zero2_run, synthetic_set, capsys):
+    run = zero2_run / "ray" / zero2_run.name
+    snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    committed = {r["checkpoint_dir_name"]: int(r["metrics"]["step"]) for r in snapshot["checkpoint_results"]}
+    latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    intact = max(step for name, step in committed.items() if name != latest)  # num_to_keep=2: one more is kept
+    shard = run / latest / "deepspeed" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a rank's copy cut short
+    stray = run / "checkpoint_2099-01-01_00-00-00.000000"  # a killed driver's checkpoint, never committed
+    shutil.copytree(run / [n for n in committed if n != latest][0], stray)
+    rows = _log(zero2_run)
+    with (zero2_run / "train_log.csv").open("w", newline="") as f:  # mark the old rows: a resume keeps those before it
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "time_s": "-1"} for r in rows)
+    end = committed[latest] + 2
+    assert _train(job_overrides(synthetic_set, zero2_run, f"train.max_steps={end}")) == 0
+    out = capsys.readouterr().out
+    assert f"{shard.relative_to(run)}: truncated" in out and "resuming from the newest intact checkpoint" in out
+    rows = _log(zero2_run)
+    assert [int(r["step"]) for r in rows] == list(range(1, end + 1))
+    kept = [int(r["step"]) for r in rows if r["time_s"] == "-1"]
+    assert kept == list(range(1, intact + 1)), kept  # resumed at the intact checkpoint: not the damaged, not step 0
+    assert not stray.exists() and (run / "damaged" / latest).is_dir()
 
 
 def test_zero3_trains(ray_cluster, synthetic_set, tmp_path):
