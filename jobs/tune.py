@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     check_model_path(cfg.model.path)
     check_data_paths(cfg)
-    save_config(cfg, command=command_line())
     init_ray()
     from sa2va_ray.resources import check_training_fits
     from sa2va_ray.tune.driver import run_tune_driver
@@ -46,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = export_checkpoint(board.iloc[0]["checkpoint_path"], out / "best_model")
         print(f"[tune] best trial {board.iloc[0]['trial_id']} exported to {model_dir}", flush=True)
+    save_config(cfg, command=command_line())  # after the outputs it describes
     print(f"[tune] leaderboard: {out / 'leaderboard.md'}; ready-to-run config: {out / 'best.yaml'}", flush=True)
     if note:
         print(f"[tune] {note}", flush=True)
