@@ -98,13 +98,15 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
         from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
         from sa2va_ray.data.annotations import AnnotationFileError
         from sa2va_ray.integrity import IntegrityError
+        from sa2va_ray.model.checkpoint import LayoutError
         from sa2va_ray.resources import ResourceError
 
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr, flush=True)
-        except (IntegrityError, ResourceError, AnnotationFileError, UnsafeCheckpointError, CheckpointReadError) as e:
+        except (IntegrityError, ResourceError, AnnotationFileError, UnsafeCheckpointError, CheckpointReadError,
+                LayoutError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 

@@ -266,10 +266,14 @@ class ExportConfig:
     out: str = ""  # output directory; empty: output_dir/model
     adapter: bool = False  # also write the LoRA adapter alone in PEFT layout
     source: str = "auto"  # trained tensors from: auto | safetensors | deepspeed (the shards alone)
+    format: str = "hf"  # hf (our Hugging Face layout) | official (Sa2VA remote-code layout, `Sa2VAChatModel`)
+    official_code_from: str = ""  # format=official: an official Sa2VA checkpoint dir whose remote-code .py are copied
 
     def __post_init__(self) -> None:
         if self.source not in {"auto", "safetensors", "deepspeed"}:
             raise ConfigError(f"export.source must be auto, safetensors or deepspeed, got {self.source!r}")
+        if self.format not in {"hf", "official"}:
+            raise ConfigError(f"export.format must be hf or official, got {self.format!r}")
 
 
 @dataclass

@@ -81,6 +81,24 @@ def export_checkpoint(
     return out
 
 
+def export_official(path: str | Path, out_dir: str | Path, code_from: str | Path | None, source: str = "auto") -> Path:
+    """A training checkpoint (LoRA merged) or a model directory -> a verified directory in the official Sa2VA layout
+    (see :mod:`sa2va_ray.export.official`)."""
+    from sa2va_ray.export.checkpoint_io import is_training_checkpoint
+    from sa2va_ray.export.official import save_official
+    from sa2va_ray.model import Sa2VAModel, merge_lora
+
+    src, out = Path(path).resolve(), Path(out_dir).resolve()
+    if out == src or out in src.parents:
+        raise ValueError(f"export target {out} would replace its source {src}")
+    if is_training_checkpoint(src):
+        model, _ = build_checkpoint_model(src, source)
+        model = merge_lora(model)
+    else:
+        model = Sa2VAModel.from_pretrained(src)
+    return save_official(model, out, code_from)
+
+
 def fingerprint_model(model) -> dict:
     """Fingerprint of an in-memory model's state dict."""
     return compute_fingerprint({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -21,7 +21,13 @@ import torch
 
 from sa2va_ray.export.fingerprint import write_fingerprint
 from sa2va_ray.export.verify import ExportVerificationError
-from sa2va_ray.model.checkpoint import read_config_json, tied_targets, write_safetensors_dir
+from sa2va_ray.model.checkpoint import (
+    LayoutError,
+    MissingModelFileError,
+    read_config_json,
+    tied_targets,
+    write_safetensors_dir,
+)
 from sa2va_ray.model.official import official_config_dict, to_official_state_dict
 
 log = logging.getLogger(__name__)
@@ -41,12 +47,12 @@ def official_code_files(code_from: str | Path) -> list[Path]:
     raw = read_config_json(src)
     modules = {v.split(".")[0] for v in (raw.get("auto_map") or {}).values()}
     if not modules:
-        raise ValueError(f"{src}/config.json: no auto_map; export.official_code_from must be an official Sa2VA "
+        raise LayoutError(f"{src}/config.json: no auto_map; export.official_code_from must be an official Sa2VA "
                          "checkpoint directory (e.g. a local copy of ByteDance/Sa2VA-InternVL3-8B)")
     files = sorted(p for p in src.glob("*.py") if p.is_file() and not p.is_symlink())
     missing = sorted(m for m in modules if not (src / f"{m}.py").is_file())
     if missing:
-        raise FileNotFoundError(f"{src}: the remote code {', '.join(m + '.py' for m in missing)} named in its "
+        raise MissingModelFileError(f"{src}: the remote code {', '.join(m + '.py' for m in missing)} named in its "
                                 "auto_map is missing")
     return files
 

@@ -18,6 +18,14 @@ from transformers.initialization import no_init_weights
 if TYPE_CHECKING:
     from sa2va_ray.model.sa2va import Sa2VAModel
 
+class LayoutError(ValueError):
+    """A model directory that cannot be read as the layout it claims; the message names the file and the key."""
+
+
+class MissingModelFileError(LayoutError, FileNotFoundError):
+    """A file the layout needs is not there."""
+
+
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_LISTED = 30
@@ -50,18 +58,19 @@ def _weight_files(directory: Path) -> list[str]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{index}: not a safetensors index (needs a 'weight_map'): {err}") from None
+            raise LayoutError(f"{index}: not a safetensors index (needs a 'weight_map'): {err}") from None
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (directory / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{index}: lists {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
-                                    " missing; download or copy every shard")
+            verb = "is" if len(missing) == 1 else "are"
+            raise MissingModelFileError(f"{index}: lists {', '.join(missing)}, which {verb} missing; download or copy "
+                                        "every shard")
         return files
     if (directory / WEIGHTS_NAME).is_file():
         return [WEIGHTS_NAME]
     files = sorted(p.name for p in directory.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{directory}: no safetensors weights (model.safetensors or an index)")
+        raise MissingModelFileError(f"{directory}: no safetensors weights (model.safetensors or an index)")
     return files
 
 
@@ -72,11 +81,11 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if n <= 0 or 8 + n > size:
-            raise ValueError(f"{path}: not a safetensors file (truncated or damaged header); download it again")
+            raise LayoutError(f"{path}: not a safetensors file (truncated or damaged header); download it again")
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise ValueError(f"{path}: not a safetensors file (unreadable header); download it again") from None
+            raise LayoutError(f"{path}: not a safetensors file (unreadable header); download it again") from None
     entries, end = {}, 0
     for key, info in header.items():
         if key == "__metadata__":
@@ -84,12 +93,12 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
         shape, start_stop = tuple(info["shape"]), info["data_offsets"]
         nbytes = _DTYPE_BYTES.get(info["dtype"], 1) * int(torch.Size(shape).numel())
         if start_stop[1] - start_stop[0] != nbytes:
-            raise ValueError(f"{path}: {key} declares {shape} {info['dtype']} but holds "
+            raise LayoutError(f"{path}: {key} declares {shape} {info['dtype']} but holds "
                              f"{start_stop[1] - start_stop[0]} bytes; download it again")
         end = max(end, start_stop[1])
         entries[key] = TensorEntry(path, shape, info["dtype"])
     if 8 + n + end > size:
-        raise ValueError(f"{path}: truncated ({size} bytes, its header needs {8 + n + end}); download it again")
+        raise LayoutError(f"{path}: truncated ({size} bytes, its header needs {8 + n + end}); download it again")
     return entries
 
 
@@ -102,7 +111,7 @@ def inspect_safetensors_dir(directory: str | os.PathLike) -> dict[str, TensorEnt
     for name in _weight_files(directory):
         for key, entry in _read_header(directory / name).items():
             if key in entries:
-                raise ValueError(f"{directory}: {key} is stored in both {entries[key].file.name} and {name}")
+                raise LayoutError(f"{directory}: {key} is stored in both {entries[key].file.name} and {name}")
             entries[key] = entry
     return entries
 
@@ -165,7 +174,7 @@ def check_state_dict(
     if mismatched:
         problems.append(f"shape mismatches {format_keys(mismatched)}")
     if problems:
-        raise ValueError(f"cannot load {source}: " + "; ".join(problems))
+        raise LayoutError(f"cannot load {source}: " + "; ".join(problems))
 
 
 def tied_targets(model: torch.nn.Module) -> set[str]:
@@ -236,16 +245,16 @@ def read_config_json(directory: str | os.PathLike) -> dict:
     """The parsed config.json of a model directory, or a one-line error naming the file."""
     path = Path(directory) / "config.json"
     if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: not a directory (only local model directories are supported)")
+        raise MissingModelFileError(f"{directory}: not a directory (only local model directories are supported)")
     if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no config.json; not a model directory (a sa2va-ray model, an official "
-                                "Sa2VA checkpoint, or a training checkpoint)")
+        raise MissingModelFileError(f"{directory}: no config.json; not a model directory (a sa2va-ray model, an "
+                                    "official Sa2VA checkpoint, or a training checkpoint)")
     try:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); restore the file") from None
+        raise LayoutError(f"{path}: not valid JSON ({err}); restore the file") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise LayoutError(f"{path}: expected a JSON object")
     return raw
 
 
@@ -265,7 +274,7 @@ def load_pretrained_model(cls: type, directory: str | os.PathLike, *, config=Non
         return model.to(device) if device is not None else model
     if config is None:
         if raw.get("model_type") != Sa2VAConfig.model_type:
-            raise ValueError(f"{directory}/config.json: model_type {raw.get('model_type')!r} is neither "
+            raise LayoutError(f"{directory}/config.json: model_type {raw.get('model_type')!r} is neither "
                              f"{Sa2VAConfig.model_type!r} nor the official 'sa2va_chat'")
         config = Sa2VAConfig.from_pretrained(directory)
     entries = inspect_safetensors_dir(directory)

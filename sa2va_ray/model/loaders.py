@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, InternVLConfig
 
 from sa2va_ray.model.checkpoint import (
+    LayoutError,
     TensorEntry,
     build_empty_model,
     build_meta_model,
@@ -112,11 +113,11 @@ def load_from_internvl_and_sam2(
     internvl_dir = Path(internvl_dir)
     internvl_config = AutoConfig.from_pretrained(internvl_dir, local_files_only=True)
     if not isinstance(internvl_config, InternVLConfig):
-        raise ValueError(f"{internvl_dir}: expected an InternVL config, got {type(internvl_config).__name__}")
+        raise LayoutError(f"{internvl_dir}: expected an InternVL config, got {type(internvl_config).__name__}")
     tokenizer = build_tokenizer(internvl_dir)
     ids = special_token_ids(tokenizer)
     if ids["img_context"] != internvl_config.image_token_id:
-        raise ValueError(f"{internvl_dir}: <IMG_CONTEXT> is {ids['img_context']} in the tokenizer but "
+        raise LayoutError(f"{internvl_dir}: <IMG_CONTEXT> is {ids['img_context']} in the tokenizer but "
                          f"{internvl_config.image_token_id} in config.json")
     settings = _sam2_settings(sam2_config)
     config = Sa2VAConfig(internvl_config=internvl_config, sam2=settings.to_dict(), **_token_fields(ids),
@@ -182,7 +183,8 @@ def load_from_official_sa2va(
             shape = (entry.shape[0] // len(targets),) + entry.shape[1:]
             placed[target] = TensorEntry(entry.file, shape, entry.dtype)
     if unmapped:
-        raise ValueError(f"cannot load {directory}: checkpoint keys with no place in the model {format_keys(unmapped)}")
+        raise LayoutError(f"cannot load {directory}: checkpoint keys with no place in the model "
+                          f"{format_keys(unmapped)}")
 
     tokenizer = build_tokenizer(directory)
     ids = special_token_ids(tokenizer)

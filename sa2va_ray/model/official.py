@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
+from sa2va_ray.model.checkpoint import LayoutError
+
 OFFICIAL_ARCHITECTURE = "Sa2VAChatModel"
 OFFICIAL_MODEL_TYPE = "sa2va_chat"
 # The LLMs transformers' native InternVL classes hold with the official key layout (`language_model.model.*`).
@@ -162,18 +164,18 @@ def check_official_config(raw: dict[str, Any], where: str) -> None:
     """One-line errors for what our native classes cannot hold, before any weight is read."""
     archs = raw.get("architectures") or []
     if archs and archs[0] != OFFICIAL_ARCHITECTURE:
-        raise ValueError(f"{where}: architecture {archs[0]} is not {OFFICIAL_ARCHITECTURE} (the Qwen2.5-VL/Qwen3-VL "
+        raise LayoutError(f"{where}: architecture {archs[0]} is not {OFFICIAL_ARCHITECTURE} (the Qwen2.5-VL/Qwen3-VL "
                          "based Sa2VA use other remote code and are not supported)")
     for key in ("vision_config", "llm_config"):
         if not isinstance(raw.get(key), dict):
-            raise ValueError(f"{where}: no {key}; not an official Sa2VA config.json")
+            raise LayoutError(f"{where}: no {key}; not an official Sa2VA config.json")
     llm = (raw["llm_config"].get("architectures") or ["(none given)"])[0]
     if llm not in SUPPORTED_LLMS:
         family = KNOWN_UNSUPPORTED_LLMS.get(llm, "an unknown family")
-        raise ValueError(f"{where}: llm_config architecture {llm} ({family}) is not supported; transformers' native "
+        raise LayoutError(f"{where}: llm_config architecture {llm} ({family}) is not supported; transformers' native "
                          f"InternVL holds {', '.join(SUPPORTED_LLMS)} (InternVL2.5/3 on Qwen2/Qwen2.5)")
     if raw.get("select_layer", -1) != -1 or raw.get("ps_version", "v1") != "v2":
-        raise ValueError(f"{where}: select_layer={raw.get('select_layer')} ps_version={raw.get('ps_version')} "
+        raise LayoutError(f"{where}: select_layer={raw.get('select_layer')} ps_version={raw.get('ps_version')} "
                          "are not supported (native InternVL uses the last layer and pixel-shuffle v2)")
 
 
@@ -217,6 +219,10 @@ def official_config_dict(config, dtype: torch.dtype) -> dict[str, Any]:
     vision, text = config.vision_config, config.text_config
     llm = text.to_dict()
     llm.update(architectures=["Qwen2ForCausalLM"], vocab_size=text.vocab_size, tie_word_embeddings=False)
+    rope = llm.get("rope_parameters") or {}
+    if "rope_theta" in rope:  # transformers 4.x (which the official code was written for) reads these two keys
+        llm["rope_theta"] = rope["rope_theta"]
+        llm["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else dict(rope)
     dtype_name = str(dtype).removeprefix("torch.")
     llm["torch_dtype"] = dtype_name
     return {
