@@ -27,7 +27,7 @@ class PredictionResult:
 
     mask: bool (H, W) at the image's size (probability > threshold) of the first `[SEG]`; prob: float32 (H, W)
     sigmoid probabilities of it; text: the assistant answer (generated, or the forced ``"It is [SEG]."``);
-    num_seg: `[SEG]` tokens in the answer (0 means no mask was asked for: mask is all False, prob all 0);
+    num_seg: `[SEG]` tokens in the answer that give a mask (0: mask all False, prob all 0);
     iou_score: SAM2's predicted IoU of the first mask; seg_masks: one bool (H, W) mask per `[SEG]`, in order
     (the official `prediction_masks`); seg_hidden: (num_seg, H) float32 last-layer hidden states at the `[SEG]`s.
     """
