@@ -30,8 +30,12 @@ class IntegrityError(ValueError):
     """A model or checkpoint file is missing, truncated or unreadable; the message names the file and the fix."""
 
 
-def check_safetensors(path: str | Path) -> None:
-    """Raise :class:`IntegrityError` unless ``path`` is a complete safetensors file (header and sizes only)."""
+def check_safetensors(path: str | Path) -> dict:
+    """Raise :class:`IntegrityError` unless ``path`` is a complete safetensors file (header and sizes only).
+
+    Returns:
+        The parsed header (tensor name -> dtype, shape, data_offsets; and ``__metadata__``).
+    """
     p = Path(path)
     if not p.is_file():
         raise IntegrityError(f"{p}: missing")
@@ -66,6 +70,7 @@ def check_safetensors(path: str | Path) -> None:
         end = max(end, stop)
     if end != data_bytes:
         raise IntegrityError(f"{p}: {data_bytes - end} bytes after the last tensor (damaged or not safetensors)")
+    return header
 
 
 def check_json(path: str | Path, want_object: bool = True) -> object:

@@ -39,10 +39,6 @@ def format_keys(keys: set[str] | list[str]) -> str:
     return f"{len(keys)}: {shown}{more}"
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
 @dataclass(frozen=True)
 class TensorEntry:
     """Where one tensor of a safetensors directory lives, read from the file headers (no tensor data)."""
@@ -75,31 +71,11 @@ def _weight_files(directory: Path) -> list[str]:
 
 
 def _read_header(path: Path) -> dict[str, TensorEntry]:
-    """Tensor names, shapes and dtypes of one safetensors file, checking the file holds all their bytes."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n <= 0 or 8 + n > size:
-            raise LayoutError(f"{path}: not a safetensors file (truncated or damaged header); download it again")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise LayoutError(f"{path}: not a safetensors file (unreadable header); download it again") from None
-    entries, end = {}, 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        shape, start_stop = tuple(info["shape"]), info["data_offsets"]
-        nbytes = _DTYPE_BYTES.get(info["dtype"], 1) * int(torch.Size(shape).numel())
-        if start_stop[1] - start_stop[0] != nbytes:
-            raise LayoutError(f"{path}: {key} declares {shape} {info['dtype']} but holds "
-                             f"{start_stop[1] - start_stop[0]} bytes; download it again")
-        end = max(end, start_stop[1])
-        entries[key] = TensorEntry(path, shape, info["dtype"])
-    if 8 + n + end > size:
-        raise LayoutError(f"{path}: truncated ({size} bytes, its header needs {8 + n + end}); download it again")
-    return entries
+    """Tensor names, shapes and dtypes of one safetensors file (its integrity checked: `check_safetensors`)."""
+    from sa2va_ray.integrity import check_safetensors
+
+    header = check_safetensors(path)
+    return {k: TensorEntry(path, tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def inspect_safetensors_dir(directory: str | os.PathLike) -> dict[str, TensorEntry]:
