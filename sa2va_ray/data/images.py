@@ -67,8 +67,10 @@ def resolve_image_path(images_dir: str | Path, name: str, *, allow_symlinks_outs
         raise UnsafeImagePathError(f"image name {name!r} contains '..'; names must stay inside the images directory")
     path = Path(images_dir) / name
     if not allow_symlinks_outside:
+        root = Path(images_dir)
+        real_root = _real_root(str(root)) if root.is_absolute() else root.resolve()  # relative: depends on the cwd
         real = path.resolve()
-        if not real.is_relative_to(_real_root(str(images_dir))):
+        if not real.is_relative_to(real_root):
             raise UnsafeImagePathError(
                 f"image {name!r} resolves to {real}, outside the images directory (a symlink); "
                 "set data.allow_symlinks_outside=true to accept it"

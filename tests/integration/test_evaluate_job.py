@@ -62,7 +62,7 @@ def setup(tmp_path_factory):
         {"image": broken, "mask": first["mask"], "text": ["blood vessel"]},  # 7: truncated
         {"image": first["image"], "mask": first["mask"], "text": []},  # 8: no texts -> one row, text ""
         {"image": recs[1]["image"], "mask": [two, two], "text": ["blood vessel", "the coronary tree"]},  # 9: 2 rows
-        {"image": recs[2]["image"], "mask": recs[2]["mask"], "text": ["[SEG] vessel"]},  # 10: model refuses
+        {"image": recs[2]["image"], "mask": recs[2]["mask"], "text": ["[SEG] vessel"]},  # 10: reserved token
         {"image": resized, "mask": _scaled(recs[3]["mask"], 80 / 64, 48 / 64), "text": ["blood vessel"]},  # 11
         {"image": doomed, "mask": recs[4]["mask"], "text": ["blood vessel"]},  # 12: deleted after validation
     ]
@@ -109,7 +109,7 @@ def test_one_row_per_record_text_and_failures_marked(evaluated):
     assert df["sample_id"].is_unique and sorted(df["record_index"].unique()) == list(range(13))
     codes = dict(zip(df["sample_id"], df["error_code"].fillna("")))
     assert codes["6:0"] == "missing_image" and codes["7:0"] == "unreadable_image" and codes["8:0"] == "empty_text"
-    assert codes["10:0"] == "predict_error" and codes["12:0"] == "decode_error"
+    assert codes["10:0"] == "reserved_token" and codes["12:0"] == "decode_error"  # caught by validation
     assert df.set_index("sample_id").loc["8:0", "text"] == ""
     ok = df[df["status"] == "ok"]
     assert set(ok["sample_id"]) == {"0:0", "1:0", "2:0", "3:0", "4:0", "5:0", "9:0", "9:1", "11:0"}
@@ -123,7 +123,7 @@ def test_summary_counts_and_files(evaluated, setup):
     _, eval_dir = evaluated
     s = json.loads((eval_dir / "summary.json").read_text())
     assert (s["n_records"], s["n_samples"], s["n_ok"], s["n_failed"], s["n_failed_records"]) == (13, 14, 9, 5, 5)
-    assert s["errors_by_code"] == {"missing_image": 1, "unreadable_image": 1, "empty_text": 1, "predict_error": 1,
+    assert s["errors_by_code"] == {"missing_image": 1, "unreadable_image": 1, "empty_text": 1, "reserved_token": 1,
                                    "decode_error": 1}
     fp = json.loads((setup["root"] / "model0" / "fingerprint.json").read_text())["model"] \
         if (setup["root"] / "model0" / "fingerprint.json").exists() else s["model_fingerprint"]
@@ -133,7 +133,7 @@ def test_summary_counts_and_files(evaluated, setup):
         assert {"mean", "ci_low", "ci_high", "median", "n", "n_nan"} <= set(s["metrics"][m])
         assert s["metrics"][m]["n"] + s["metrics"][m]["n_nan"] == 9
     assert 0.0 <= s["giou"] <= 1.0 and 0.0 <= s["ciou"] <= 1.0
-    assert sum(s["rows_per_worker"].values()) == 11  # every row that reached the actors (decode errors pass through)
+    assert sum(s["rows_per_worker"].values()) == 10  # every row that reached the actors (decode errors pass through)
     assert "| dice |" in (eval_dir / "summary.md").read_text()
     assert (eval_dir / "dice_hist.png").stat().st_size > 0
     overlays = sorted(p.name.split("_")[0] for p in (eval_dir / "overlays").glob("*.png"))
