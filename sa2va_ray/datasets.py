@@ -60,16 +60,17 @@ def ensure_data(cfg: Config) -> None:
 
 
 def text_rules_for_model(path: str | Path) -> TextRules:
-    """Text rules of a saved model directory or training checkpoint: its tokenizer and config, no weights.
+    """Text rules of a saved model directory (ours or the official layout) or a training checkpoint: its tokenizer
+    and config, no weights.
 
     Raises:
         FileNotFoundError: If ``path`` is neither a model directory nor a training checkpoint.
     """
     p = Path(path)
     if (p / "config.json").is_file():
-        from sa2va_ray.model import Sa2VAConfig, Sa2VAProcessor
+        from sa2va_ray.model.loaders import processor_for_model_dir
 
-        return text_rules_from_processor(Sa2VAProcessor.from_pretrained(p, Sa2VAConfig.from_pretrained(p)), str(p))
+        return text_rules_from_processor(processor_for_model_dir(p), str(p))
     from sa2va_ray.export.checkpoint_io import is_training_checkpoint, load_checkpoint_config
 
     if is_training_checkpoint(p):
@@ -78,10 +79,11 @@ def text_rules_for_model(path: str | Path) -> TextRules:
 
 
 def build_preset_processor(cfg: Config) -> Any:
-    """The processor of ``model.preset`` built the way :func:`sa2va_ray.build.build_base_model` builds the model,
-    from local tokenizer and config files only (no weights)."""
-    from sa2va_ray.model import Sa2VAConfig, Sa2VAProcessor, build_tokenizer
-    from sa2va_ray.model.config import _token_fields, tiny_config
+    """The processor of ``model.preset`` built the way :func:`sa2va_ray.build.build_base_model` builds the model
+    (the same config builders of :mod:`sa2va_ray.model.loaders`), from local tokenizer and config files only."""
+    from sa2va_ray.model import Sa2VAProcessor, build_tokenizer
+    from sa2va_ray.model.config import tiny_config
+    from sa2va_ray.model.loaders import internvl_sam2_config, official_sa2va_config
     from sa2va_ray.model.tokenizer import special_token_ids
 
     mc = cfg.model
@@ -89,19 +91,9 @@ def build_preset_processor(cfg: Config) -> Any:
         tok = build_tokenizer()
         return Sa2VAProcessor(tok, tiny_config(len(tok), special_token_ids(tok)))
     if mc.preset == "internvl_sam2":
-        from transformers import AutoConfig
-
-        tok = build_tokenizer(mc.internvl_path)
-        internvl = AutoConfig.from_pretrained(mc.internvl_path, local_files_only=True)
-        return Sa2VAProcessor(tok, Sa2VAConfig(internvl_config=internvl, **_token_fields(special_token_ids(tok))))
-    from sa2va_ray.model.loaders import official_internvl_config
-
-    raw = json.loads((Path(mc.official_path) / "config.json").read_text())
-    tok = build_tokenizer(mc.official_path)
-    ids = special_token_ids(tok)
-    config = Sa2VAConfig(internvl_config=official_internvl_config(raw, ids["img_context"]),
-                         max_tiles=raw.get("max_dynamic_patch", 12), min_tiles=raw.get("min_dynamic_patch", 1),
-                         **_token_fields(ids))
+        config, tok = internvl_sam2_config(mc.internvl_path, mc.sam2_config)
+    else:
+        config, tok = official_sa2va_config(mc.official_path)
     return Sa2VAProcessor(tok, config)
 
 

@@ -5,8 +5,7 @@ longer than the model's ``max_length``; either used to pass validation and then 
 Validation applies both, so such a record is excluded and counted (``reserved_token``, ``too_long``) before any
 worker sees it:
 
-* **reserved tokens** are always checked. :data:`RESERVED_TEXT_TOKENS` is built from the tokenizer's public token
-  names exactly as the processor builds its private list (a unit test pins the two together).
+* **reserved tokens** are always checked: :data:`RESERVED_TEXT_TOKENS`, the one list the processor refuses too.
 * **length** is checked when the job knows its model (:func:`text_rules_from_processor`): the record's whole
   conversation -- every text, the image tokens of its tiles and the answers, exactly what training feeds the
   model -- is tokenised by the model's own processor (``encode_conversation``) and compared with
@@ -20,11 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sa2va_ray.model.tokenizer import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, SEG_TOKEN
-
-RESERVED_TEXT_TOKENS = ("<image>", IMG_START, IMG_END, IMG_CONTEXT, SEG_TOKEN, IM_START, IM_END)
-"""Strings a referring text must not contain (as ``sa2va_ray.model.processor``: the prompt's image marker, the
-image tokens, the segmentation token and the chat turn markers)."""
+from sa2va_ray.model.tokenizer import RESERVED_TEXT_TOKENS  # noqa: F401  (re-exported: the one list)
 
 TokenCounter = Callable[[tuple[str, ...], int, int], int]
 """``(texts, height, width) -> tokens`` of a record's training conversation for an image of that size."""

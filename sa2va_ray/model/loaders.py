@@ -34,6 +34,7 @@ from sa2va_ray.model.official import (
     INFERENCE_MIN_TILES,
     check_official_config,
     convert_official_state_dict,
+    is_official_config,
     official_internvl_config,
     official_key_to_ours,
 )
@@ -111,28 +112,48 @@ def load_from_internvl_and_sam2(
         The model in eval mode with its processor. Raises ValueError listing unmapped or unloaded tensors.
     """
     internvl_dir = Path(internvl_dir)
-    internvl_config = AutoConfig.from_pretrained(internvl_dir, local_files_only=True)
-    if not isinstance(internvl_config, InternVLConfig):
-        raise LayoutError(f"{internvl_dir}: expected an InternVL config, got {type(internvl_config).__name__}")
-    tokenizer = build_tokenizer(internvl_dir)
-    ids = special_token_ids(tokenizer)
-    if ids["img_context"] != internvl_config.image_token_id:
-        raise LayoutError(f"{internvl_dir}: <IMG_CONTEXT> is {ids['img_context']} in the tokenizer but "
-                         f"{internvl_config.image_token_id} in config.json")
-    settings = _sam2_settings(sam2_config)
-    config = Sa2VAConfig(internvl_config=internvl_config, sam2=settings.to_dict(), **_token_fields(ids),
-                         **config_overrides)
-    model = build_empty_model(Sa2VAModel, config, resolve_dtype(dtype))
+    config, tokenizer = internvl_sam2_config(internvl_dir, sam2_config, **config_overrides)
+    source = f"InternVL {internvl_dir} + SAM2 {sam2_checkpoint}"
+    entries: dict[str, Any] = {map_internvl_key(k): e for k, e in inspect_safetensors_dir(internvl_dir).items()}
+    sam2_state = load_sam2_checkpoint(sam2_checkpoint)
+    entries.update({"sam2." + k: v for k, v in sam2_state.items()})
+    meta = build_meta_model(Sa2VAModel, config)
+    fresh = {k for k in meta.state_dict() if k.startswith("text_hidden_fcs.")}
+    check_state_dict(meta, entries, allowed_missing=fresh | tied_targets(meta), source=source)
 
+    model = build_empty_model(Sa2VAModel, config, resolve_dtype(dtype))
     state = {map_internvl_key(k): v for k, v in read_safetensors_dir(internvl_dir).items()}
-    state.update({"sam2." + k: v for k, v in load_sam2_checkpoint(sam2_checkpoint).items()})
-    fresh = {k for k in model.state_dict() if k.startswith("text_hidden_fcs.")}
-    check_state_dict(model, state, allowed_missing=fresh | tied_targets(model),
-                     source=f"InternVL {internvl_dir} + SAM2 {sam2_checkpoint}")
+    state.update({"sam2." + k: v for k, v in sam2_state.items()})
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     _seeded_reset(model.text_hidden_fcs, seed)
     return _finish(model, tokenizer, seed)
+
+
+def internvl_sam2_config(
+    internvl_dir: str | os.PathLike, sam2_config: str | os.PathLike | Sam2Settings = "sam2.1_hiera_l",
+    **config_overrides: Any,
+):
+    """The `Sa2VAConfig` (before the Sa2VA tokens grow the vocabulary) and tokenizer (with them) of a native
+    InternVL directory + a SAM2 layout, from config and tokenizer files alone (no weights).
+
+    Returns:
+        (config, tokenizer). Raises LayoutError naming the file.
+    """
+    internvl_dir = Path(internvl_dir)
+    read_config_json(internvl_dir)  # present and parseable, or one line naming it
+    internvl_config = AutoConfig.from_pretrained(internvl_dir, local_files_only=True)
+    if not isinstance(internvl_config, InternVLConfig):
+        raise LayoutError(f"{internvl_dir}/config.json: expected a transformers-native InternVL config "
+                          f"(e.g. OpenGVLab/InternVL3-8B-hf), got {type(internvl_config).__name__}")
+    tokenizer = build_tokenizer(internvl_dir)
+    ids = special_token_ids(tokenizer)
+    if ids["img_context"] != internvl_config.image_token_id:
+        raise LayoutError(f"{internvl_dir}: <IMG_CONTEXT> is {ids['img_context']} in the tokenizer but "
+                          f"{internvl_config.image_token_id} in config.json")
+    config = Sa2VAConfig(internvl_config=internvl_config, sam2=_sam2_settings(sam2_config).to_dict(),
+                         **_token_fields(ids), **config_overrides)
+    return config, tokenizer
 
 
 def _official_sam2_settings(raw: dict[str, Any], sam2_config) -> Sam2Settings:
@@ -142,6 +163,41 @@ def _official_sam2_settings(raw: dict[str, Any], sam2_config) -> Sam2Settings:
         return _sam2_settings(sam2_config)
     recorded = (raw.get("sa2va_ray") or {}).get("sam2")
     return Sam2Settings.from_dict(recorded) if recorded else load_sam2_settings("sam2_hiera_l")
+
+
+def official_sa2va_config(
+    directory: str | os.PathLike, sam2_config: str | os.PathLike | Sam2Settings | None = None, **config_overrides: Any
+):
+    """The `Sa2VAConfig` and tokenizer of an official checkpoint directory, from its config.json and tokenizer files
+    alone (no weights): what `load_from_official_sa2va` builds, and what validation counts tokens with.
+
+    Returns:
+        (config, tokenizer). Raises LayoutError naming the file for what our classes cannot hold.
+    """
+    directory = Path(directory)
+    raw = read_config_json(directory)
+    check_official_config(raw, f"{directory}/config.json")
+    tokenizer = build_tokenizer(directory)
+    ids = special_token_ids(tokenizer)
+    internvl_config = official_internvl_config(raw, ids["img_context"])
+    recorded = raw.get("sa2va_ray") or {}
+    fields: dict[str, Any] = {"min_tiles": INFERENCE_MIN_TILES, "max_tiles": INFERENCE_MAX_TILES}
+    if recorded:  # written by our own official export: its tiling and prompt, for an exact round trip
+        fields.update(min_tiles=int(raw.get("min_dynamic_patch", 1)), max_tiles=int(raw.get("max_dynamic_patch", 12)))
+        fields.update({k: recorded[k] for k in ("prompt_template", "answer_text", "max_length") if k in recorded})
+    fields.update(config_overrides)
+    config = Sa2VAConfig(internvl_config=internvl_config, sam2=_official_sam2_settings(raw, sam2_config).to_dict(),
+                         **_token_fields(ids), **fields)
+    return config, tokenizer
+
+
+def processor_for_model_dir(directory: str | os.PathLike) -> Sa2VAProcessor:
+    """The processor of a model directory in our layout or the official one, without reading weights."""
+    directory = Path(directory)
+    if is_official_config(read_config_json(directory)):
+        config, tokenizer = official_sa2va_config(directory)
+        return Sa2VAProcessor(tokenizer, config)
+    return Sa2VAProcessor.from_pretrained(directory, Sa2VAConfig.from_pretrained(directory))
 
 
 def load_from_official_sa2va(
@@ -170,8 +226,7 @@ def load_from_official_sa2va(
         The model in eval mode. Raises ValueError / FileNotFoundError naming the file and the key.
     """
     directory = Path(directory)
-    raw = read_config_json(directory)
-    check_official_config(raw, f"{directory}/config.json")
+    config, tokenizer = official_sa2va_config(directory, sam2_config, **config_overrides)
     entries = inspect_safetensors_dir(directory)
     placed: dict[str, TensorEntry] = {}
     unmapped: list[str] = []
@@ -185,18 +240,6 @@ def load_from_official_sa2va(
     if unmapped:
         raise LayoutError(f"cannot load {directory}: checkpoint keys with no place in the model "
                           f"{format_keys(unmapped)}")
-
-    tokenizer = build_tokenizer(directory)
-    ids = special_token_ids(tokenizer)
-    internvl_config = official_internvl_config(raw, ids["img_context"])
-    recorded = raw.get("sa2va_ray") or {}
-    fields: dict[str, Any] = {"min_tiles": INFERENCE_MIN_TILES, "max_tiles": INFERENCE_MAX_TILES}
-    if recorded:  # written by our own official export: its tiling and prompt, for an exact round trip
-        fields.update(min_tiles=int(raw.get("min_dynamic_patch", 1)), max_tiles=int(raw.get("max_dynamic_patch", 12)))
-        fields.update({k: recorded[k] for k in ("prompt_template", "answer_text", "max_length") if k in recorded})
-    fields.update(config_overrides)
-    config = Sa2VAConfig(internvl_config=internvl_config, sam2=_official_sam2_settings(raw, sam2_config).to_dict(),
-                         **_token_fields(ids), **fields)
     meta = build_meta_model(Sa2VAModel, config)
     check_state_dict(meta, placed, allowed_missing=tied_targets(meta), source=f"official Sa2VA {directory}")
 

@@ -24,10 +24,9 @@ from transformers import PreTrainedTokenizerBase
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 from sa2va_ray.model.config import IMAGENET_MEAN, IMAGENET_STD, SAM2_MEAN, SAM2_STD, Sa2VAConfig
-from sa2va_ray.model.tokenizer import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START, SEG_TOKEN, special_token_ids
+from sa2va_ray.model.tokenizer import IM_END, IM_START, RESERVED_TEXT_TOKENS, special_token_ids
 
 IGNORE_INDEX = -100
-_RESERVED = ("<image>", IMG_START, IMG_END, IMG_CONTEXT, SEG_TOKEN, IM_START, IM_END)
 
 
 @dataclass
@@ -145,7 +144,7 @@ class Sa2VAProcessor:
             (input_ids, labels) with labels = IGNORE_INDEX outside the answers.
         """
         for text in texts:
-            bad = [t for t in _RESERVED if t in text]
+            bad = [t for t in RESERVED_TEXT_TOKENS if t in text]
             if bad:
                 raise ValueError(f"text {text!r} contains reserved tokens {bad}")
         n_img = n_tiles * self.config.image_tokens_per_tile

@@ -15,6 +15,9 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 SEG_TOKEN = "[SEG]"
 SA2VA_TOKENS = (SEG_TOKEN, "<p>", "</p>", "<vp>", "</vp>")
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+RESERVED_TEXT_TOKENS = ("<image>", IMG_START, IMG_END, IMG_CONTEXT, SEG_TOKEN, IM_START, IM_END)
+"""Strings a referring text must not contain: the prompt's image marker, the image tokens, the segmentation token
+and the chat turn markers (the processor refuses them; validation excludes such records up front)."""
 _BASE_SPECIAL = (PAD, IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>",
                  "<box>", "</box>")
 

@@ -205,3 +205,24 @@ def test_zero3_two_workers_exports_on_one_process_and_matches_zero2(run_a, run_z
     for k, v in llm.state_dict().items():
         if "embed_tokens" not in k:  # trained in full: in non_lora_trainables.safetensors, not in the adapter
             torch.testing.assert_close(v, merged[k], rtol=1e-5, atol=1e-6)
+
+
+def test_official_format_from_a_training_checkpoint_round_trips(run_a, export_a, tmp_path):
+    """jobs/export.py export.format=official: the merged checkpoint in the official layout, equal tensor for tensor
+    to the Hugging Face export of the same checkpoint once read back, and the same masks."""
+    from sa2va_ray.model import Sa2VAModel, load_from_official_sa2va
+
+    ckpt = _last_checkpoint(run_a)
+    out = tmp_path / "official"
+    assert _export_job(f"model.path={ckpt}", "export.format=official", f"export.out={out}") == 0
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["architectures"] == ["Sa2VAChatModel"] and "vision_config" in raw and "llm_config" in raw
+    official, hf = load_from_official_sa2va(out), Sa2VAModel.from_pretrained(export_a)
+    a, b = official.state_dict(), hf.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    image = (np.random.default_rng(0).random((40, 60)) * 255).astype(np.uint8)
+    assert np.array_equal(official.predict([image], ["vessel"])[0], hf.predict([image], ["vessel"])[0])
+    # a wrong remote-code directory fails before any work, in one line
+    assert _export_job(f"model.path={ckpt}", "export.format=official", f"export.out={tmp_path / 'x'}",
+                       f"export.official_code_from={export_a}") == 2
+    assert not (tmp_path / "x").exists()

@@ -15,7 +15,6 @@ from sa2va_ray.data.text_rules import RESERVED_TEXT_TOKENS, text_rules_from_proc
 from sa2va_ray.data.validate import validate_annotations
 from sa2va_ray.datasets import build_preset_processor, text_rules_for_model
 from sa2va_ray.model import Sa2VAProcessor, build_tokenizer, tiny_config
-from sa2va_ray.model.processor import _RESERVED
 from sa2va_ray.model.tokenizer import special_token_ids
 
 SQUARE = [2, 2, 20, 2, 20, 20, 2, 20]
@@ -31,10 +30,6 @@ def _images(tmp_path, sizes):
     for w, h in sizes:
         Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(tmp_path / f"{w}x{h}.png")
     return tmp_path
-
-
-def test_reserved_list_is_the_processors():
-    assert set(RESERVED_TEXT_TOKENS) == set(_RESERVED)
 
 
 @pytest.mark.parametrize("token", RESERVED_TEXT_TOKENS)
