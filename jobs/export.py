@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], rest)
     from sa2va_ray.export.checkpoint_io import is_training_checkpoint
     from sa2va_ray.export.exporter import export_checkpoint
-    from sa2va_ray.export.fingerprint import read_fingerprint
+    from sa2va_ray.model.fingerprint import read_fingerprint
 
     source = source or getattr(cfg.export, "source", "auto") or "auto"
     checkpoint = cfg.export.checkpoint or cfg.model.path

@@ -94,8 +94,7 @@ def _load_model(config: dict[str, Any], use_gpu: bool):
 
     from sa2va_ray.build import build_base_model
     from sa2va_ray.config import config_from_dict
-    from sa2va_ray.export.exporter import fingerprint_model
-    from sa2va_ray.export.fingerprint import read_fingerprint
+    from sa2va_ray.model.fingerprint import fingerprint_model, read_fingerprint
 
     cfg = config_from_dict(config)
     model = build_base_model(cfg)
@@ -140,7 +139,7 @@ class Sa2VAPredictor:
                 raise ValueError("Sa2VAPredictor needs a config or a model")
             self.model, self.fingerprint = _load_model(config, use_gpu)
         else:
-            from sa2va_ray.export.exporter import fingerprint_model
+            from sa2va_ray.model.fingerprint import fingerprint_model
 
             self.model, self.fingerprint = model.eval(), fingerprint_model(model)["model"]
         self.worker = f"{socket.gethostname()}:{_node_id()}:{os.getpid()}"  # which node/actor scored a row

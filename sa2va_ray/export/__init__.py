@@ -1,4 +1,4 @@
-"""sa2va_ray.export: verified export, PEFT adapters, fingerprints and checkpoint forensics.
+"""sa2va_ray.export: verified export, PEFT adapters, the official layout and checkpoint forensics.
 
 Public API::
 
@@ -7,6 +7,5 @@ Public API::
     read_trained(ckpt, source="auto")                            # checkpoint_io: safetensors and/or ZeRO 0-3 shards
     load_checkpoint_model(ckpt, merge=True)                      # checkpoint_io
     save_adapter(model_with_lora, dir); load_adapter(base, dir)  # adapter: PEFT layout + non-LoRA trainables
-    compute_fingerprint(state_dict); read_fingerprint(dir)       # fingerprint
     python -m sa2va_ray.export.diagnose A [B] [--base B|own] [--run DIR]
 """

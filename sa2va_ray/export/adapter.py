@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sa2va_ray.export.fingerprint import compute_fingerprint
+from sa2va_ray.model.fingerprint import compute_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from sa2va_ray.config import Config, load_config
-from sa2va_ray.export.groups import module_group
 from sa2va_ray.export.zero_io import deepspeed_info, has_deepspeed_shards, read_deepspeed_trained
+from sa2va_ray.model.groups import module_group
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import torch
 
 from sa2va_ray.export.checkpoint_io import CONFIG_FILE, TRAINABLE_FILE, is_training_checkpoint
 from sa2va_ray.export.exporter import TRAIN_CONFIG_FILE
-from sa2va_ray.export.fingerprint import compute_fingerprint, read_fingerprint
-from sa2va_ray.export.groups import module_group
+from sa2va_ray.model.fingerprint import compute_fingerprint, read_fingerprint
+from sa2va_ray.model.groups import module_group
 
 
 def is_checkpoint(path: str | Path) -> bool:

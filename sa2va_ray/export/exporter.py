@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 from sa2va_ray.export.checkpoint_io import CONFIG_FILE, build_checkpoint_model, load_checkpoint_config
-from sa2va_ray.export.fingerprint import compute_fingerprint, write_fingerprint
 from sa2va_ray.export.verify import (  # noqa: F401  (re-exported: the public names of the export step)
     ExportVerificationError,
     LoraMergeCheck,
@@ -21,6 +20,7 @@ from sa2va_ray.export.verify import (  # noqa: F401  (re-exported: the public na
     sketch_lora_merge,
     verify_export,
 )
+from sa2va_ray.model.fingerprint import compute_fingerprint, write_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ def export_official(path: str | Path, out_dir: str | Path, code_from: str | Path
     else:
         model = Sa2VAModel.from_pretrained(src)
     return save_official(model, out, code_from)
-
-
-def fingerprint_model(model) -> dict:
-    """Fingerprint of an in-memory model's state dict."""
-    return compute_fingerprint({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from sa2va_ray.export.fingerprint import write_fingerprint
 from sa2va_ray.export.verify import ExportVerificationError
 from sa2va_ray.model.checkpoint import (
     LayoutError,
@@ -28,6 +27,7 @@ from sa2va_ray.model.checkpoint import (
     tied_targets,
     write_safetensors_dir,
 )
+from sa2va_ray.model.fingerprint import write_fingerprint
 from sa2va_ray.model.official import official_config_dict, to_official_state_dict
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sa2va_ray.export.groups import module_group
+from sa2va_ray.model.groups import module_group
 
 LORA_A, LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
 MERGED_GROUP = "llm_lora(merged)"

@@ -10,6 +10,7 @@ Public API::
     masks = model.predict(images, texts)                  # bool (H, W) per image; mode="generate" too
     model.save_pretrained(d); Sa2VAModel.from_pretrained(d); transformers.AutoModel.from_pretrained(d)
     load_from_internvl_and_sam2(internvl_dir, sam2_ckpt, "sam2.1_hiera_l"); load_from_official_sa2va(d)
+    compute_fingerprint(state_dict); fingerprint_model(model)  # model.fingerprint; module_group(key): model.groups
 
 Importing this package registers `Sa2VAConfig`/`Sa2VAModel` with transformers' AutoConfig/AutoModel.
 """

@@ -10,7 +10,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from sa2va_ray.export.groups import module_group
+from sa2va_ray.model.groups import module_group
 
 
 def parameter_group(name: str) -> str:

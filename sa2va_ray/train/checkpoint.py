@@ -20,7 +20,7 @@ import torch
 
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, save_config
-from sa2va_ray.export.fingerprint import write_fingerprint
+from sa2va_ray.model.fingerprint import write_fingerprint
 
 DS_TAG = "deepspeed"
 TRAINABLE_FILE = "trainable.safetensors"

@@ -91,7 +91,7 @@ def export_a(run_a) -> Path:
 
 def test_different_seeds_give_different_models_and_diagnose_says_so(run_a, run_b, export_a, capsys):
     from sa2va_ray.export.diagnose import main as diagnose
-    from sa2va_ray.export.fingerprint import read_fingerprint
+    from sa2va_ray.model.fingerprint import read_fingerprint
 
     model_b = run_b / "model"  # exported by the training driver
     fa, fb = read_fingerprint(export_a), read_fingerprint(model_b)

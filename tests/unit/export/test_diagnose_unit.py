@@ -3,8 +3,8 @@ from safetensors.torch import save_file
 
 from sa2va_ray.export.diagnose import main as diagnose_main
 from sa2va_ray.export.diagnose import module_differences, verdict
-from sa2va_ray.export.fingerprint import compute_fingerprint
-from sa2va_ray.export.groups import module_group
+from sa2va_ray.model.fingerprint import compute_fingerprint
+from sa2va_ray.model.groups import module_group
 
 
 def _state(seed):

@@ -30,9 +30,9 @@ from sa2va_ray.export.checkpoint_io import (
 from sa2va_ray.export.diagnose import compare_paths, compare_with_base, describe, describe_run
 from sa2va_ray.export.diagnose import main as diagnose_main
 from sa2va_ray.export.exporter import export_checkpoint, verify_model_dir
-from sa2va_ray.export.fingerprint import compute_fingerprint, read_fingerprint
 from sa2va_ray.export.verify import ExportVerificationError, sketch_lora_merge, verify_export
 from sa2va_ray.export.zero_io import UnsafeCheckpointError, check_pickles, deepspeed_info
+from sa2va_ray.model.fingerprint import compute_fingerprint, read_fingerprint
 
 REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "configs" / "demo.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sa2va_ray.export.groups import module_group
+from sa2va_ray.model.groups import module_group
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -47,6 +47,11 @@ def compute_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> dict:
         "tensors": dict(sorted(tensors.items())),
         "parameters": dict(sorted(params.items())),
     }
+
+
+def fingerprint_model(model) -> dict:
+    """Fingerprint of an in-memory model's state dict."""
+    return compute_fingerprint({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def write_fingerprint(directory: str | Path, state_dict: Mapping[str, torch.Tensor], extra: dict | None = None) -> dict:
