@@ -209,16 +209,16 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     compute, cpus, gpus = _actor_layout(cfg, n_rows)
     # Every predictor actor is up before the first batch is dispatched: the work spreads over all of them (and over
     # every node) instead of going to whichever loaded its model first, and a pool the cluster cannot place fails
-    # with Ray Data's "Timed out while starting actors" instead of waiting forever. Batches then go to the least
-    # busy actor, not to the one beside the decoded block: the model dominates the cost, moving an image is cheap.
-    # Set on this dataset's own copy of the DataContext, so the caller's process-wide context is left as it was.
+    # with Ray Data's "Timed out while starting actors" instead of waiting forever. Set on this dataset's own copy
+    # of the DataContext, so the caller's process-wide context is left as it was. Actor locality and placement are
+    # left to Ray Data: `actor_locality_enabled` and `scheduling_strategy` are deprecated (Ray 2.60: "Ray Data
+    # manages actor locality internally"), and its default actor placement is already SPREAD over the nodes.
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = _absolute(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
     ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
                            allow_symlinks_outside=cfg.data.allow_symlinks_outside)
     ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    ds.context.execution_options.actor_locality_enabled = False
     ds = ds.map_batches(
         Sa2VAPredictor,
         fn_constructor_kwargs={
@@ -233,7 +233,6 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         compute=compute,
         num_cpus=cpus,
         num_gpus=gpus,
-        scheduling_strategy="SPREAD",  # predictor actors over every node, not packed onto the first
     )
     print(f"[eval] {n_rows} samples ({len(inputs.samples)} records) on {compute.max_size} predictor actor(s), "
           f"batch size {cfg.eval.batch_size}", flush=True)

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -94,11 +95,23 @@ def evaluated(setup, ray_cluster):
     pipeline.collect_eval_inputs = collect_then_delete
     try:
         out = setup["root"] / "run"
-        rc = _load_job("evaluate").main(["--config", str(CONFIG), "--strict", f"output_dir={out}",
-                                         f"model.path={setup['root'] / 'model0'}", *setup["overrides"]])
+        with warnings.catch_warnings(record=True) as caught:  # every warning, also those shown once before
+            warnings.simplefilter("always")
+            rc = _load_job("evaluate").main(["--config", str(CONFIG), "--strict", f"output_dir={out}",
+                                             f"model.path={setup['root'] / 'model0'}", *setup["overrides"]])
     finally:
         pipeline.collect_eval_inputs = original
+    OUR_WARNINGS.extend(w for w in caught if _is_ours(w.filename))
     return rc, out / "eval"
+
+
+OUR_WARNINGS: list[warnings.WarningMessage] = []
+"""Warnings whose reported location is our code (a deprecated Ray knob is reported at the line that uses it)."""
+
+
+def _is_ours(filename: str) -> bool:
+    path = Path(filename).resolve()
+    return path.is_relative_to(ROOT / "sa2va_ray") or path.parent == ROOT / "jobs"
 
 
 def test_one_row_per_record_text_and_failures_marked(evaluated):
@@ -182,4 +195,9 @@ def test_evaluation_leaves_the_process_wide_data_context_alone(evaluated):
 
     ctx = ray.data.DataContext.get_current()  # the job ran in this process; its settings stay on its own dataset
     assert ctx.wait_for_min_actors_s != ACTOR_START_TIMEOUT_S
-    assert ctx.execution_options.actor_locality_enabled is not False
+
+
+def test_no_deprecation_warning_raised_from_our_code(evaluated):
+    """No deprecated Ray Data knob (``ray_remote_args``, ``actor_locality_enabled``, ...) in the evaluate path."""
+    deprecations = [w for w in OUR_WARNINGS if issubclass(w.category, DeprecationWarning)]
+    assert not deprecations, [f"{w.filename}:{w.lineno}: {w.message}" for w in deprecations]
