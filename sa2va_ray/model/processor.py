@@ -99,9 +99,23 @@ class Sa2VAProcessor:
         bf16-rounded ImageNet statistics (`SAM2_MEAN`, `SAM2_STD`)."""
         rgb = to_rgb_image(image)
         tiles = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]  # (n, 3, t, t)
+        return EncodedImage(tiles=tiles, sam_pixels=self.sam_input(rgb), size=(rgb.height, rgb.width))
+
+    def encode_frames(self, frames: list[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The LLM's view of a clip: every frame squashed to one tile (no dynamic tiling, as the official video
+        path), (k, 3, t, t); and the frames' common (H, W). Raises ValueError when the frames differ in size."""
+        rgb = [to_rgb_image(f) for f in frames]
+        sizes = sorted({(im.height, im.width) for im in rgb})
+        if len(sizes) != 1:
+            raise ValueError(f"the frames of one run differ in size: {sizes}")
+        tiles = self.image_processor(images=rgb, crop_to_patches=False, return_tensors="pt")["pixel_values"]
+        return tiles, sizes[0]
+
+    def sam_input(self, image: Any) -> torch.Tensor:
+        """SAM2's input of one image (3, S, S), as `encode_image` computes it, without the InternVL tiles."""
+        rgb = to_rgb_image(image)
         sam = np.asarray(rgb.resize((self.sam_size, self.sam_size), Image.BICUBIC), dtype=np.float32) / 255.0
-        sam_t = (torch.from_numpy(sam).permute(2, 0, 1) - self._mean) / self._std  # (3, S, S)
-        return EncodedImage(tiles=tiles, sam_pixels=sam_t, size=(rgb.height, rgb.width))
+        return (torch.from_numpy(sam).permute(2, 0, 1) - self._mean) / self._std  # (3, S, S)
 
     def resize_masks(self, masks: list[np.ndarray], size: tuple[int, int], where: str) -> torch.Tensor:
         """Boolean (H, W) masks -> (N, s, s) float coverage in [0, 1] at the SAM2 low-res size (area resize)."""
@@ -118,8 +132,9 @@ class Sa2VAProcessor:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _user_turn(self, text: str, n_image_tokens: int | None) -> list[int]:
-        """`<|im_start|>user ... <|im_end|>\\n<|im_start|>assistant\\n`, image tokens inserted in place of <image>."""
+    def _user_turn(self, text: str, n_image_tokens: int | None, n_frames: int = 1) -> list[int]:
+        """`<|im_start|>user ... <|im_end|>\\n<|im_start|>assistant\\n`, image tokens inserted in place of <image>:
+        one `<img>...</img>` block, or one per frame joined by a newline (the official video prompt)."""
         template = self.config.prompt_template
         if n_image_tokens is None:  # later turns: the image was already shown
             template = template.replace("<image>\n", "").replace("<image>", "")
@@ -127,18 +142,21 @@ class Sa2VAProcessor:
         before, _, after = question.partition("<image>")
         ids = self._encode(f"{IM_START}user\n{before}")
         if n_image_tokens is not None:
-            ids += [self.ids["img_start"]] + [self.ids["img_context"]] * n_image_tokens + [self.ids["img_end"]]
+            block = [self.ids["img_start"]] + [self.ids["img_context"]] * n_image_tokens + [self.ids["img_end"]]
+            for frame in range(n_frames):
+                ids += (self._encode("\n") if frame else []) + block
         return ids + self._encode(f"{after}{IM_END}\n{IM_START}assistant\n")
 
     def encode_conversation(
-        self, texts: list[str], n_tiles: int, with_answers: bool = True
+        self, texts: list[str], n_tiles: int, with_answers: bool = True, n_frames: int = 1
     ) -> tuple[list[int], list[int]]:
-        """Token ids and labels of one image's conversation.
+        """Token ids and labels of one image's (or one clip's) conversation.
 
         Args:
             texts: referring expressions, one turn each.
-            n_tiles: InternVL tiles of the image (sets the number of `<IMG_CONTEXT>` tokens).
+            n_tiles: InternVL tiles of the image (sets the number of `<IMG_CONTEXT>` tokens); per frame for clips.
             with_answers: False leaves the last assistant turn open (for generation).
+            n_frames: frames shown in the first turn, one `<img>` block each (a clip: one tile per frame).
 
         Returns:
             (input_ids, labels) with labels = IGNORE_INDEX outside the answers.
@@ -156,7 +174,7 @@ class Sa2VAProcessor:
             if i > 0:
                 ids += sep
                 labels += [IGNORE_INDEX] * len(sep)
-            user = self._user_turn(text, n_img if i == 0 else None)
+            user = self._user_turn(text, n_img if i == 0 else None, n_frames)
             ids += user
             labels += [IGNORE_INDEX] * len(user)
             if with_answers or i < len(texts) - 1:

@@ -22,6 +22,7 @@ from sa2va_ray.model.losses import compute_mask_losses
 from sa2va_ray.model.predict import PredictMixin
 from sa2va_ray.model.processor import IGNORE_INDEX, Sa2VAProcessor
 from sa2va_ray.model.sam2_builder import build_sam2
+from sa2va_ray.model.sequence import SequencePredictMixin
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Sam2Features:
     high_res: list[torch.Tensor] | None  # [(B, C/8, 4h, 4w), (B, C/4, 2h, 2w)] after conv_s0 / conv_s1
 
 
-class Sa2VAModel(PredictMixin, PreTrainedModel):
+class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
     """InternVL3 + SAM2 with `[SEG]`-prompted masks. See the package docstring for the public API."""
 
     config_class = Sa2VAConfig

@@ -7,6 +7,7 @@ Dimensions come from :class:`Sam2Settings`, which can be read from a Meta YAML c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
@@ -225,6 +227,68 @@ def _build_rope_attention(s: Sam2Settings, kv_in_dim: int | None) -> RoPEAttenti
     )
 
 
+class LanguagePromptedSam2(SAM2Base):
+    """`SAM2Base` whose SAM heads also take Sa2VA's `[SEG]` prompt, as the official remote code extends them.
+
+    While `language_prompt` is set (see `prompted`), the (B, 1, C) embedding is appended to the sparse prompt tokens
+    of every head call (after the point padding), so `track_step` and the memory machinery of the `sam2` package
+    run unchanged around it. As in the official code, a low object score does not blank the mask logits (the
+    official `_forward_sam_heads` comments the package's `NO_OBJ_SCORE` substitution out); it still gates the object
+    pointer. The module tree and state-dict keys are SAM2Base's own.
+    """
+
+    language_prompt: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def prompted(self, language_embd: torch.Tensor | None):
+        """Heads called inside see `language_embd` ((B, 1, C) or None)."""
+        previous, self.language_prompt = self.language_prompt, language_embd
+        try:
+            yield
+        finally:
+            self.language_prompt = previous
+
+    def _forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None,
+                           multimask_output=False):
+        b, device = backbone_features.size(0), backbone_features.device
+        if point_inputs is not None:
+            coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
+        else:  # one padding point (label -1)
+            coords = torch.zeros(b, 1, 2, device=device)
+            labels = -torch.ones(b, 1, dtype=torch.int32, device=device)
+        dense_mask = None
+        if mask_inputs is not None:
+            dense_mask = mask_inputs
+            if mask_inputs.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
+                dense_mask = F.interpolate(mask_inputs.float(), size=self.sam_prompt_encoder.mask_input_size,
+                                           mode="bilinear", align_corners=False, antialias=True)
+        sparse, dense = self.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=dense_mask)
+        if self.language_prompt is not None:
+            sparse = torch.cat([sparse, self.language_prompt.to(sparse.dtype)], dim=1)  # (B, P + 1, C)
+        multimasks, ious, tokens, object_score_logits = self.sam_mask_decoder(
+            image_embeddings=backbone_features, image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
+            repeat_image=False, high_res_features=high_res_features,
+        )  # (B, M, s, s), (B, M), (B, M, C), (B, 1)
+        multimasks = multimasks.float()
+        high_res = F.interpolate(multimasks, size=(self.image_size, self.image_size), mode="bilinear",
+                                 align_corners=False)
+        token = tokens[:, 0]
+        low, high = multimasks, high_res
+        if multimask_output:  # the mask with the best predicted IoU
+            best, rows = ious.argmax(dim=-1), torch.arange(b, device=device)
+            low, high = multimasks[rows, best].unsqueeze(1), high_res[rows, best].unsqueeze(1)
+            if tokens.size(1) > 1:
+                token = tokens[rows, best]
+        obj_ptr = self.obj_ptr_proj(token)
+        if self.pred_obj_scores:
+            appearing = object_score_logits.sigmoid() if self.soft_no_obj_ptr else (object_score_logits > 0).float()
+            if self.fixed_no_obj_ptr:
+                obj_ptr = appearing * obj_ptr
+            obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
+        return multimasks, high_res, ious, low, high, obj_ptr, object_score_logits
+
+
 def build_sam2(settings: Sam2Settings) -> SAM2Base:
     """Build a SAM2Base with random weights and the module tree of Meta's configs.
 
@@ -232,7 +296,7 @@ def build_sam2(settings: Sam2Settings) -> SAM2Base:
         settings: every dimension (see :class:`Sam2Settings`).
 
     Returns:
-        A `sam2.modeling.sam2_base.SAM2Base` on CPU in float32.
+        A `LanguagePromptedSam2` (a `sam2.modeling.sam2_base.SAM2Base`) on CPU in float32.
     """
     s = settings
     trunk = Hiera(
@@ -276,7 +340,7 @@ def build_sam2(settings: Sam2Settings) -> SAM2Base:
         in_dim=s.d_model,
     )
     # RoPE tables are plain attributes computed in __init__; keep them on CPU (moved lazily on use).
-    model = SAM2Base(
+    model = LanguagePromptedSam2(
         image_encoder=image_encoder,
         memory_attention=memory_attention,
         memory_encoder=memory_encoder,
