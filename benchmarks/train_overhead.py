@@ -36,7 +36,7 @@ def plain_loop(cfg, samples, steps: int, warmup: int, global_batch: int, load=la
 
     ``load`` turns an item of ``samples`` into a model sample (decoding it from disk, or nothing when pre-decoded).
     """
-    from sa2va_ray.build import build_base_model, prepare_for_training
+    from sa2va_ray.checkpoint.load import build_base_model, prepare_for_training
 
     torch.manual_seed(0)
     model = prepare_for_training(build_base_model(cfg), cfg, verbose=False)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import check_data_paths, check_model_path, command_line, init_ray, job_main, parse_job_args  # noqa: E402
+from sa2va_ray.checkpoint.integrity import check_model_path  # noqa: E402
+from sa2va_ray.cli import check_data_paths, command_line, init_ray, job_main, parse_job_args  # noqa: E402
 from sa2va_ray.config import save_config  # noqa: E402
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sa2va_ray.cli import check_model_path, job_main, parse_job_args  # noqa: E402
+from sa2va_ray.checkpoint.integrity import check_model_path  # noqa: E402
+from sa2va_ray.cli import job_main, parse_job_args  # noqa: E402
 
 
 def _split_source(argv: list[str] | None) -> tuple[str, list[str]]:
@@ -36,7 +37,7 @@ def _split_source(argv: list[str] | None) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     source, rest = _split_source(argv)
     cfg, _ = parse_job_args(__doc__.splitlines()[0], rest)
-    from sa2va_ray.export.checkpoint_io import is_training_checkpoint
+    from sa2va_ray.checkpoint.layout import is_training_checkpoint
     from sa2va_ray.export.exporter import export_checkpoint
     from sa2va_ray.model.fingerprint import read_fingerprint
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from sa2va_ray.checkpoint.integrity import check_model_path  # noqa: E402
 from sa2va_ray.cli import (  # noqa: E402
     check_data_paths,
-    check_model_path,
     command_line,
     init_ray,
     job_main,

@@ -55,27 +55,6 @@ def check_writable(path: str, key: str) -> None:
         raise ConfigError(f"{key}={path} is not writable ({e.strerror or e}); choose another {key}") from None
 
 
-def check_model_path(path: str, key: str = "model.path") -> None:
-    """Pre-flight of a model directory or training checkpoint on the driver: it exists, and its headers and sizes are
-    intact (:mod:`sa2va_ray.integrity`); else an :class:`~sa2va_ray.integrity.IntegrityError` naming the file. Its
-    pickles must not be able to run code (:mod:`sa2va_ray.checkpoint.safety`), else ``UnsafeCheckpointError``."""
-    from sa2va_ray.integrity import IntegrityError, find_damage, is_checkpoint_dir
-
-    if not path:
-        return
-    p = Path(path)
-    if not ((p / "config.json").is_file() or is_checkpoint_dir(p)):
-        what = "does not exist" if not p.exists() else "is neither a model directory (config.json) nor a training " \
-            "checkpoint (trainable.safetensors)"
-        raise IntegrityError(f"{key}={path} {what}")
-    reason = find_damage(p)
-    if reason:
-        raise IntegrityError(f"{key}: {reason}; re-export or copy it again, or point {key} at an intact model")
-    from sa2va_ray.checkpoint.safety import check_checkpoint_files
-
-    check_checkpoint_files(p)  # DeepSpeed shards a loader would unpickle: refused here if they could run code
-
-
 def check_data_paths(cfg: Config) -> None:
     """The annotation files and image directory the config names exist (unless the synthetic set makes them)."""
     d = cfg.data
@@ -95,9 +74,9 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(fn)
     def main(*args, **kwargs) -> int:
+        from sa2va_ray.checkpoint.integrity import IntegrityError
         from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
         from sa2va_ray.data.annotations import AnnotationFileError
-        from sa2va_ray.integrity import IntegrityError
         from sa2va_ray.model.checkpoint import LayoutError
         from sa2va_ray.resources import ResourceError
 

@@ -66,21 +66,24 @@ def text_rules_for_model(path: str | Path) -> TextRules:
     Raises:
         FileNotFoundError: If ``path`` is neither a model directory nor a training checkpoint.
     """
+    from sa2va_ray.checkpoint.layout import describe_model_path, model_path_kind
+
     p = Path(path)
-    if (p / "config.json").is_file():
+    kind = model_path_kind(p)
+    if kind == "model":
         from sa2va_ray.model.loaders import processor_for_model_dir
 
         return text_rules_from_processor(processor_for_model_dir(p), str(p))
-    from sa2va_ray.export.checkpoint_io import is_training_checkpoint, load_checkpoint_config
+    if kind == "checkpoint":
+        from sa2va_ray.checkpoint.load import load_checkpoint_config
 
-    if is_training_checkpoint(p):
         return text_rules_for_config(load_checkpoint_config(p))
-    raise FileNotFoundError(f"model {path!r} is neither a model directory (config.json) nor a training checkpoint")
+    raise FileNotFoundError(describe_model_path(path, "model"))
 
 
 def build_preset_processor(cfg: Config) -> Any:
-    """The processor of ``model.preset`` built the way :func:`sa2va_ray.build.build_base_model` builds the model
-    (the same config builders of :mod:`sa2va_ray.model.loaders`), from local tokenizer and config files only."""
+    """The processor of ``model.preset`` built the way :func:`sa2va_ray.checkpoint.load.build_base_model` builds the
+    model (the same config builders of :mod:`sa2va_ray.model.loaders`), from local tokenizer and config files only."""
     from sa2va_ray.model import Sa2VAProcessor, build_tokenizer
     from sa2va_ray.model.config import tiny_config
     from sa2va_ray.model.loaders import internvl_sam2_config, official_sa2va_config

@@ -92,7 +92,7 @@ def _load_model(config: dict[str, Any], use_gpu: bool):
     """Build/load the model of ``config`` (``model.path`` or the preset) and its fingerprint, before any cast."""
     import torch
 
-    from sa2va_ray.build import build_base_model
+    from sa2va_ray.checkpoint.load import build_base_model
     from sa2va_ray.config import config_from_dict
     from sa2va_ray.model.fingerprint import fingerprint_model, read_fingerprint
 

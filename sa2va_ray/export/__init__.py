@@ -4,8 +4,9 @@ Public API::
 
     export_checkpoint(ckpt, out, adapter=False, source="auto")   # exporter: base first, trained last, verified
     verify_model_dir(ckpt, model_dir)                            # exporter: re-check a directory against its checkpoint
-    read_trained(ckpt, source="auto")                            # checkpoint_io: safetensors and/or ZeRO 0-3 shards
-    load_checkpoint_model(ckpt, merge=True)                      # checkpoint_io
     save_adapter(model_with_lora, dir); load_adapter(base, dir)  # adapter: PEFT layout + non-LoRA trainables
+    export_official(path, out, code_from)                        # exporter: the official Sa2VA HF layout
     python -m sa2va_ray.export.diagnose A [B] [--base B|own] [--run DIR]
+
+Reading checkpoints (trained tensors, ZeRO shards, the model a path names) is :mod:`sa2va_ray.checkpoint`.
 """

@@ -40,7 +40,7 @@ def save_adapter(model_with_lora, out_dir: str | Path, base: str = "") -> Path:
 
     Args:
         model_with_lora: a Sa2VA model with (unmerged) LoRA adapters and its trainable flags set, e.g. from
-            :func:`sa2va_ray.export.checkpoint_io.load_checkpoint_model` with ``merge=False``.
+            :func:`sa2va_ray.checkpoint.load.load_checkpoint_model` with ``merge=False``.
         out_dir: target directory (created).
         base: how to get the base model (recorded as ``base_model_name_or_path``).
 
@@ -91,7 +91,7 @@ def load_adapter(base_model, adapter_dir: str | Path, merge: bool = True):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from sa2va_ray.export.checkpoint_io import CheckpointMismatchError, summarize_keys
+    from sa2va_ray.checkpoint.trained import CheckpointMismatchError, summarize_keys
 
     d = Path(adapter_dir)
     peft_model = PeftModel.from_pretrained(_llm(base_model), str(d), adapter_name="default")

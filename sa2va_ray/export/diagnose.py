@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sa2va_ray.export.checkpoint_io import CONFIG_FILE, TRAINABLE_FILE, is_training_checkpoint
+from sa2va_ray.checkpoint.layout import CONFIG_FILE, STATE_FILE, TRAINABLE_FILE, is_training_checkpoint
 from sa2va_ray.export.exporter import TRAIN_CONFIG_FILE
 from sa2va_ray.model.fingerprint import compute_fingerprint, read_fingerprint
 from sa2va_ray.model.groups import module_group
@@ -33,13 +33,13 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def _trained(path: Path, source: str) -> dict[str, torch.Tensor]:
-    from sa2va_ray.export.checkpoint_io import read_trained
-    from sa2va_ray.export.zero_io import deepspeed_info, has_deepspeed_shards
+    from sa2va_ray.checkpoint.layout import has_deepspeed_shards
+    from sa2va_ray.checkpoint.trained import deepspeed_info, read_trained
 
     if source == "auto":  # forensics reads the fast copy; --source deepspeed rebuilds from the shards and cross-checks
         source = "safetensors" if (path / TRAINABLE_FILE).exists() else "deepspeed"
     if source == "deepspeed" and has_deepspeed_shards(path) and deepspeed_info(path)["stage"] == 0:
-        from sa2va_ray.export.checkpoint_io import build_checkpoint_model
+        from sa2va_ray.checkpoint.load import build_checkpoint_model
 
         return build_checkpoint_model(path, source)[1]  # stage 0 needs the model's trainable names
     return read_trained(path, source)
@@ -51,7 +51,7 @@ def load_state(path: str | Path, merged: bool = False, source: str = "auto") -> 
     if is_checkpoint(p):
         if not merged:
             return _trained(p, source)
-        from sa2va_ray.export.checkpoint_io import load_checkpoint_model
+        from sa2va_ray.checkpoint.load import load_checkpoint_model
 
         return _saved_state(load_checkpoint_model(p, source=source))
     from sa2va_ray.model.checkpoint import read_safetensors_dir
@@ -71,8 +71,8 @@ def _saved_state(model) -> dict[str, torch.Tensor]:
 
 def load_own_base_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The untrained base a checkpoint (its ``config.yaml``) or an exported model (``train_config.yaml``) came from."""
+    from sa2va_ray.checkpoint.load import load_base_model
     from sa2va_ray.config import load_config
-    from sa2va_ray.export.checkpoint_io import load_base_model
 
     p = Path(path)
     cfg_file = p / (CONFIG_FILE if is_checkpoint(p) else TRAIN_CONFIG_FILE)
@@ -151,8 +151,8 @@ def describe(path: str | Path, source: str = "auto") -> str:
     fp = compute_fingerprint(state)
     ckpt = is_checkpoint(p)
     lines = [f"{path}: {'training checkpoint — trainable modules' if ckpt else 'model directory'}"]
-    if ckpt and (p / "train_state.json").exists():
-        st = json.loads((p / "train_state.json").read_text())
+    if ckpt and (p / STATE_FILE).exists():
+        st = json.loads((p / STATE_FILE).read_text())
         lines.append(f"step {st.get('step')}, ZeRO-{st.get('zero_stage')}, {st.get('world_size')} ranks")
     stored = read_fingerprint(p)
     check = "" if stored is None else (" (matches fingerprint.json)" if stored.get("model") == fp["model"]
@@ -190,7 +190,7 @@ def compare_with_base(path: str | Path, base: str | Path, source: str = "auto") 
 
 
 def _step(p: Path) -> int:
-    s = p / "train_state.json"
+    s = p / STATE_FILE
     return int(json.loads(s.read_text()).get("step", 0)) if s.exists() else 0
 
 

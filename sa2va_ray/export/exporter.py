@@ -2,7 +2,7 @@
 
 Seeds 000/004: a conversion loaded the pretrained weights over the trained ones and two 'different' models came
 out identical. Here the load order is fixed (base first, trained last, every key accounted for, see
-:mod:`sa2va_ray.export.checkpoint_io`), and the directory is written under ``<out>.unverified``, reloaded in a
+:mod:`sa2va_ray.checkpoint.load`), and the directory is written under ``<out>.unverified``, reloaded in a
 fresh model and checked (:mod:`sa2va_ray.export.verify`) before it is renamed to ``<out>``.
 """
 
@@ -12,7 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from sa2va_ray.export.checkpoint_io import CONFIG_FILE, build_checkpoint_model, load_checkpoint_config
+from sa2va_ray.checkpoint.layout import CONFIG_FILE
+from sa2va_ray.checkpoint.load import build_checkpoint_model, load_checkpoint_config
 from sa2va_ray.export.verify import (  # noqa: F401  (re-exported: the public names of the export step)
     ExportVerificationError,
     LoraMergeCheck,
@@ -84,7 +85,7 @@ def export_checkpoint(
 def export_official(path: str | Path, out_dir: str | Path, code_from: str | Path | None, source: str = "auto") -> Path:
     """A training checkpoint (LoRA merged) or a model directory -> a verified directory in the official Sa2VA layout
     (see :mod:`sa2va_ray.export.official`)."""
-    from sa2va_ray.export.checkpoint_io import is_training_checkpoint
+    from sa2va_ray.checkpoint.layout import is_training_checkpoint
     from sa2va_ray.export.official import save_official
     from sa2va_ray.model import Sa2VAModel, merge_lora
 

@@ -141,7 +141,7 @@ def verify_export(
     Raises:
         ExportVerificationError: listing the module groups (``llm_lora(merged)`` for merged LLM weights) and keys.
     """
-    from sa2va_ray.export.checkpoint_io import summarize_keys
+    from sa2va_ray.checkpoint.trained import summarize_keys
     from sa2va_ray.model import Sa2VAModel
 
     if trained and has_lora_factors(trained) and lora_check is None:

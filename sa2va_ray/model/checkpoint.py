@@ -72,7 +72,7 @@ def _weight_files(directory: Path) -> list[str]:
 
 def _read_header(path: Path) -> dict[str, TensorEntry]:
     """Tensor names, shapes and dtypes of one safetensors file (its integrity checked: `check_safetensors`)."""
-    from sa2va_ray.integrity import check_safetensors
+    from sa2va_ray.checkpoint.integrity import check_safetensors
 
     header = check_safetensors(path)
     return {k: TensorEntry(path, tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"}

@@ -1,12 +1,6 @@
 """Training checkpoints: every rank's DeepSpeed shard plus, from rank 0, the trainable weights in safetensors.
 
-Layout of one checkpoint directory (Ray Train merges the ranks' files)::
-
-    deepspeed/                  DeepSpeed shards (model + ZeRO optimizer states, LR schedule, client state)
-    trainable.safetensors       trainable tensors only (LoRA, embeddings, mlp1, text_hidden_fcs, SAM2 decoder)
-    fingerprint.json            hashes of the trainable tensors per module group
-    train_state.json            step, epoch, metrics, best val/dice, health warnings
-    config.yaml                 the run's resolved config (rebuilds the base model for export)
+The files and their names: :mod:`sa2va_ray.checkpoint.layout`; reading them back: :mod:`sa2va_ray.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,13 +12,10 @@ from typing import Any
 
 import torch
 
+from sa2va_ray.checkpoint.layout import CONFIG_FILE, DS_TAG, STATE_FILE, TRAINABLE_FILE
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, save_config
 from sa2va_ray.model.fingerprint import write_fingerprint
-
-DS_TAG = "deepspeed"
-TRAINABLE_FILE = "trainable.safetensors"
-STATE_FILE = "train_state.json"
 
 
 def gather_trainable_state(engine, zero3: bool, is_main: bool) -> dict[str, torch.Tensor] | None:
@@ -68,7 +59,7 @@ def save_checkpoint_per_worker(
             state = {"step": step, "epoch": epoch, "metrics": metrics, "best": best, "health_warnings": warnings,
                      "zero_stage": cfg.deepspeed.zero_stage, "world_size": engine.world_size}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=2))
-            save_config(cfg, Path(tmp) / "config.yaml")
+            save_config(cfg, Path(tmp) / CONFIG_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

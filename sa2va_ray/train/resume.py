@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sa2va_ray.integrity import find_damage
+from sa2va_ray.checkpoint.integrity import find_damage
 
 log = logging.getLogger("sa2va_ray.train")
 

@@ -96,7 +96,7 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from sa2va_ray.build import build_base_model, prepare_for_training
+    from sa2va_ray.checkpoint.load import build_base_model, prepare_for_training
     from sa2va_ray.model.groups import module_group
     from sa2va_ray.train.deepspeed_config import build_deepspeed_config
 

@@ -116,7 +116,7 @@ def out_last(capsys) -> str:
 def test_overwritten_export_fails_verification(run_a, export_a, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from sa2va_ray.export.checkpoint_io import load_base_model, load_checkpoint_config
+    from sa2va_ray.checkpoint.load import load_base_model, load_checkpoint_config
     from sa2va_ray.export.exporter import ExportVerificationError, verify_model_dir
 
     ckpt = _last_checkpoint(run_a)
@@ -157,10 +157,10 @@ def test_zero3_two_workers_exports_on_one_process_and_matches_zero2(run_a, run_z
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from sa2va_ray.export.checkpoint_io import load_base_model, load_checkpoint_config
+    from sa2va_ray.checkpoint.load import load_base_model, load_checkpoint_config
+    from sa2va_ray.checkpoint.trained import deepspeed_info, read_deepspeed_trained
     from sa2va_ray.export.diagnose import load_state, module_differences
     from sa2va_ray.export.verify import probe_batch
-    from sa2va_ray.export.zero_io import deepspeed_info, read_deepspeed_trained
     from sa2va_ray.model import Sa2VAModel
 
     losses = [[float(r["train/loss"]) for r in csv.DictReader((run / "train_log.csv").open())]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sa2va_ray.integrity import (
+from sa2va_ray.checkpoint.integrity import (
     IntegrityError,
     check_json,
     check_model_dir,

@@ -24,7 +24,7 @@ import ray.train  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from sa2va_ray.build import build_base_model, prepare_for_training  # noqa: E402
+from sa2va_ray.checkpoint.load import build_base_model, prepare_for_training  # noqa: E402
 from sa2va_ray.checkpoint.safety import UnsafeCheckpointError  # noqa: E402
 from sa2va_ray.config import load_config, save_config  # noqa: E402
 from sa2va_ray.train.checkpoint import DS_TAG, gather_trainable_state, load_checkpoint_per_worker  # noqa: E402

@@ -67,10 +67,9 @@ def test_worker_resume_refuses_every_kind_and_loads_deepspeeds_own(attempts):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_and_forensics_refuse(kind, attempts, tmp_path):
-    from sa2va_ray.export.checkpoint_io import read_trained
+    from sa2va_ray.checkpoint.trained import deepspeed_info, read_trained
     from sa2va_ray.export.diagnose import main as diagnose_main
     from sa2va_ray.export.exporter import export_checkpoint
-    from sa2va_ray.export.zero_io import deepspeed_info
 
     out, _ = attempts
     ckpt = out / kind
@@ -108,8 +107,8 @@ def _committed_run(storage: Path, name: str, ckpt: Path) -> Path:
 def test_model_loader_and_training_preflight_refuse(kind, attempts, tmp_path):
     """Evaluation and prediction load ``model.path`` through ``load_model``; a resumed run passes ``build_trainer``
     (Tune trials too) before any Ray work."""
-    from sa2va_ray.build import load_model
-    from sa2va_ray.cli import check_model_path
+    from sa2va_ray.checkpoint.integrity import check_model_path
+    from sa2va_ray.checkpoint.load import load_model
     from sa2va_ray.config import load_config
     from sa2va_ray.datasets import Splits
     from sa2va_ray.train.driver import build_trainer
@@ -142,8 +141,8 @@ def test_legacy_pickle_in_a_committed_checkpoint_is_never_resumed_from(attempts,
 def test_deepspeeds_own_checkpoint_still_reads_everywhere(attempts, tmp_path):
     from safetensors.torch import load_file
 
-    from sa2va_ray.build import load_model
-    from sa2va_ray.export.checkpoint_io import read_trained
+    from sa2va_ray.checkpoint.load import load_model
+    from sa2va_ray.checkpoint.trained import read_trained
     from sa2va_ray.export.diagnose import main as diagnose_main
     from sa2va_ray.export.exporter import export_checkpoint
 

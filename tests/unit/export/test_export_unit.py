@@ -19,19 +19,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sa2va_ray.config import load_config, save_config
-from sa2va_ray.export.checkpoint_io import (
+from sa2va_ray.checkpoint.load import build_checkpoint_model, load_checkpoint_config
+from sa2va_ray.checkpoint.safety import UnsafeCheckpointError
+from sa2va_ray.checkpoint.trained import (
     CheckpointMismatchError,
-    build_checkpoint_model,
-    load_checkpoint_config,
+    check_pickles,
+    deepspeed_info,
     load_trained_into,
     read_trained,
 )
+from sa2va_ray.config import load_config, save_config
 from sa2va_ray.export.diagnose import compare_paths, compare_with_base, describe, describe_run
 from sa2va_ray.export.diagnose import main as diagnose_main
 from sa2va_ray.export.exporter import export_checkpoint, verify_model_dir
 from sa2va_ray.export.verify import ExportVerificationError, sketch_lora_merge, verify_export
-from sa2va_ray.export.zero_io import UnsafeCheckpointError, check_pickles, deepspeed_info
 from sa2va_ray.model.fingerprint import compute_fingerprint, read_fingerprint
 
 REPO = Path(__file__).resolve().parents[3]
@@ -48,7 +49,7 @@ def one_torch_thread():
 
 
 def _base_and_lora(cfg):
-    from sa2va_ray.build import build_base_model, prepare_for_training
+    from sa2va_ray.checkpoint.load import build_base_model, prepare_for_training
 
     return prepare_for_training(build_base_model(cfg), cfg, verbose=False)
 
@@ -93,7 +94,7 @@ def test_export_writes_verified_model_with_fingerprint(ckpt, exported):
 
 def test_merged_llm_weights_equal_base_plus_scaled_lora(ckpt, exported):
     """Independent of PEFT's merge: W_exported == W_base + alpha/r * B @ A from the checkpoint's factors."""
-    from sa2va_ray.build import build_base_model
+    from sa2va_ray.checkpoint.load import build_base_model
     from sa2va_ray.model.checkpoint import read_safetensors_dir
 
     cfg = load_checkpoint_config(ckpt)
@@ -130,7 +131,7 @@ def _verify_args(ckpt):
 
 def test_overwritten_export_fails_verification_naming_modules(ckpt, exported, tmp_path):
     """Seed 004: pretrained weights loaded over the trained ones after conversion."""
-    from sa2va_ray.build import build_base_model
+    from sa2va_ray.checkpoint.load import build_base_model
 
     base = build_base_model(load_checkpoint_config(ckpt)).state_dict()
     verify_model_dir(ckpt, exported)  # the real export passes
@@ -190,7 +191,7 @@ def test_adapter_on_fresh_base_reproduces_merged_llm(ckpt, exported):
     """PEFT's own loader on a fresh base language model gives the exported (merged) LLM, tensor for tensor."""
     from peft import PeftModel
 
-    from sa2va_ray.build import build_base_model
+    from sa2va_ray.checkpoint.load import build_base_model
     from sa2va_ray.export.adapter import load_adapter
     from sa2va_ray.model import Sa2VAModel
     from sa2va_ray.model.checkpoint import read_safetensors_dir
@@ -281,7 +282,7 @@ _WRITE_SHARDS = textwrap.dedent("""
     from pathlib import Path
     import numpy as np, torch, deepspeed
     from safetensors.torch import save_file
-    from sa2va_ray.build import build_base_model, prepare_for_training
+    from sa2va_ray.checkpoint.load import build_base_model, prepare_for_training
     from sa2va_ray.config import load_config, save_config
     from sa2va_ray.train.checkpoint import gather_trainable_state
     from sa2va_ray.train.deepspeed_config import build_deepspeed_config

@@ -1,26 +1,37 @@
-"""Load a training checkpoint as a model: base weights first, trained weights last, every key accounted for.
+"""The trained tensors of a training checkpoint: from ``trainable.safetensors`` or the DeepSpeed shards, cross-checked.
 
-The trained tensors come from ``trainable.safetensors`` (written by rank 0, no pickle) or are rebuilt from the
-DeepSpeed shards alone (:mod:`sa2va_ray.export.zero_io`, any ZeRO stage and world size). When both exist they are
-cross-checked: a difference beyond the training precision's rounding is an error naming the modules.
+``trainable.safetensors`` is written by rank 0 (no pickle). The DeepSpeed shards (every rank's, merged by Ray Train)
+are enough on their own to rebuild the trained weights, on CPU, for any ZeRO stage and world size:
+
+- stage 0: ``mp_rank_00_model_states.pt`` holds the whole module (``"module"``), identical on every rank;
+- stages 1-3: the fp32 master weights are partitioned over the ranks' ``*optim_states.pt``; DeepSpeed's own
+  ``get_fp32_state_dict_from_zero_checkpoint`` stitches them together (stage 1/2 flat groups, stage 3 per-parameter
+  partitions), for whatever world size wrote them.
+
+When both copies exist they are cross-checked: a difference beyond the training precision's rounding is an error
+naming the modules.
+
+Pickle safety: DeepSpeed's reader loads the optimizer files with ``weights_only=False`` (they pickle a
+``LossScaler``, a ``ZeroStageEnum`` and ``fragment_address`` objects). Every ``*.pt`` file of the shard directory
+passes :func:`sa2va_ray.checkpoint.safety.check_pickle_file` (the same check the training resume runs) before
+anything here or in DeepSpeed reads it, so a file that could run code is refused, named, and never loaded.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import logging
 from pathlib import Path
 
 import torch
 
-from sa2va_ray.config import Config, load_config
-from sa2va_ray.export.zero_io import deepspeed_info, has_deepspeed_shards, read_deepspeed_trained
+from sa2va_ray.checkpoint.layout import TRAINABLE_FILE, deepspeed_dir, has_deepspeed_shards
+from sa2va_ray.checkpoint.safety import check_pickle_file
 from sa2va_ray.model.groups import module_group
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_FILE = "trainable.safetensors"
-CONFIG_FILE = "config.yaml"
 SOURCES = ("auto", "safetensors", "deepspeed")
 
 
@@ -34,10 +45,86 @@ def summarize_keys(keys: list[str], n: int = 20) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def is_training_checkpoint(path: str | Path) -> bool:
-    """A training checkpoint (trained tensors and/or DeepSpeed shards), as opposed to a model directory."""
-    p = Path(path)
-    return (p / TRAINABLE_FILE).exists() or ((p / CONFIG_FILE).exists() and has_deepspeed_shards(p))
+def check_pickles(files: list[Path]) -> None:
+    """Refuse any file that could run code when unpickled (see :mod:`sa2va_ray.checkpoint.safety`).
+
+    Raises:
+        UnsafeCheckpointError: one line naming the file and the globals.
+    """
+    for f in files:
+        check_pickle_file(f)
+
+
+def _model_states(ds_dir: Path) -> dict:
+    check_pickles(sorted(ds_dir.glob("*.pt")))  # every file before any is read, whichever reader follows
+    files = sorted(ds_dir.glob("*model_states.pt"))
+    return torch.load(files[0], map_location="cpu", weights_only=True, mmap=True)
+
+
+def deepspeed_info(checkpoint_dir: str | Path) -> dict:
+    """ZeRO stage, world size, precision and DeepSpeed version of a checkpoint's shards."""
+    ds_dir = deepspeed_dir(checkpoint_dir)
+    if ds_dir is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no DeepSpeed shards (deepspeed/*model_states.pt)")
+    states = _model_states(ds_dir)
+    ds_config = states.get("ds_config") or {}
+    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+    precision = "bf16" if (ds_config.get("bf16") or {}).get("enabled") else (
+        "fp16" if (ds_config.get("fp16") or {}).get("enabled") else "fp32")
+    optim = sorted(ds_dir.glob("*optim_states.pt"))
+    world = len(optim) if stage >= 1 else int(states.get("dp_world_size") or 1)
+    return {"stage": stage, "world_size": world, "precision": precision, "ds_version": states.get("ds_version"),
+            "dir": str(ds_dir)}
+
+
+def read_deepspeed_trained(
+    checkpoint_dir: str | Path, trainable_names: set[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Trainable tensors (float32, full shape) rebuilt from the DeepSpeed shards alone; no GPU needed.
+
+    Args:
+        checkpoint_dir: a training checkpoint (the directory holding ``deepspeed/`` and ``latest``).
+        trainable_names: parameter names the model trains. Required for stage 0 (its shard holds the whole
+            module, frozen weights included); for stages 1-3 it is checked against the optimizer's own list.
+
+    Returns:
+        ``{parameter name: tensor}``; under stages 1-3 the fp32 master weights, under stage 0 the module's weights.
+
+    Under bf16/fp16 at stage 0 the module weights are the rounded 16-bit copies (DeepSpeed keeps no separate
+    master there that this reader uses); at stages 1-3 the result is the exact fp32 master.
+
+    Raises:
+        CheckpointMismatchError: ``trainable_names`` and the shards disagree (the names are listed).
+        UnsafeCheckpointError: a shard's pickle references code outside the allow-list.
+    """
+    ds_dir = deepspeed_dir(checkpoint_dir)
+    info = deepspeed_info(checkpoint_dir)
+    states = _model_states(ds_dir)
+    if info["stage"] == 0:
+        if trainable_names is None:
+            raise ValueError("a ZeRO stage-0 shard holds the whole module: give the trainable parameter names")
+        module = states["module"]
+        missing = sorted(set(trainable_names) - set(module))
+        if missing:
+            raise CheckpointMismatchError(f"{ds_dir}: stage-0 module state lacks {len(missing)} trainable tensors: "
+                           f"{', '.join(missing[:20])}")
+        return {n: module[n].detach().to(torch.float32).clone() for n in sorted(trainable_names)}
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sink = io.StringIO()  # DeepSpeed prints its progress and bars; keep them for debugging instead of the console
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        full = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=ds_dir.name,
+                                                        exclude_frozen_parameters=True)
+    log.debug("zero_to_fp32: %s", sink.getvalue())
+    names = [n for group in (states.get("param_shapes") or []) for n in group]  # the optimizer's parameters
+    if trainable_names is not None and set(names) != set(trainable_names):
+        only_ds = sorted(set(names) - set(trainable_names))
+        only_model = sorted(set(trainable_names) - set(names))
+        raise CheckpointMismatchError(f"{ds_dir}: the optimizer's parameters differ from the model's trainable ones; "
+                       f"only in the shards: {', '.join(only_ds[:20]) or '-'}; "
+                       f"only in the model: {', '.join(only_model[:20]) or '-'}")
+    return {n: full[n].detach().to(torch.float32).contiguous() for n in names}
 
 
 def trainable_names(model) -> set[str]:
@@ -151,54 +238,3 @@ def read_trained(
         log.info("%s: %s agrees with the ZeRO-%d shards of %d ranks (%d tensors)", ckpt, TRAINABLE_FILE,
                  info["stage"], info["world_size"], len(st))
     return st if source == "auto" and st is not None else ds
-
-
-def load_checkpoint_config(checkpoint_dir: str | Path) -> Config:
-    """The run config saved in a checkpoint (it rebuilds the base model)."""
-    path = Path(checkpoint_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{checkpoint_dir}: {CONFIG_FILE} missing (needed to rebuild the base model)")
-    return load_config(path)
-
-
-def load_base_model(cfg: Config):
-    """Base weights, loaded first: the preset, or the run's ``model.path``/real weights through the strict loaders
-    (``Sa2VAModel.from_pretrained`` and the InternVL/official loaders raise on any missing, unexpected or
-    mis-shaped key). Nothing is loaded over the trained tensors afterwards."""
-    from sa2va_ray.build import build_base_model
-
-    return build_base_model(cfg)
-
-
-def build_checkpoint_model(checkpoint_dir: str | Path, source: str = "auto"):
-    """Base model -> LoRA adapters -> trained tensors (in that order), not merged.
-
-    Returns:
-        ``(model, trained)``: the model in eval mode with its adapters, and the trained tensors it received.
-    """
-    from sa2va_ray.build import prepare_for_training
-
-    ckpt = Path(checkpoint_dir)
-    cfg = load_checkpoint_config(ckpt)
-    model = prepare_for_training(load_base_model(cfg), cfg, verbose=False)
-    trained = read_trained(ckpt, source, trainable_names(model))
-    load_trained_into(model, trained)
-    state = json.loads((ckpt / "train_state.json").read_text()) if (ckpt / "train_state.json").exists() else {}
-    model.config.sa2va_ray_source = {"checkpoint": str(ckpt), "step": state.get("step"), "source": source}
-    log.info("loaded %s: base (%s) first, then %d trained tensors (%s)", ckpt,
-             cfg.model.path or f"preset {cfg.model.preset}, seed {cfg.model.seed}", len(trained), source)
-    return model.eval(), trained
-
-
-def load_checkpoint_model(checkpoint_dir: str | Path, merge: bool = True, source: str = "auto"):
-    """Rebuild the base model from the checkpoint's config, apply LoRA, load the trained tensors, merge LoRA.
-
-    Args:
-        checkpoint_dir: a checkpoint written by the training loop.
-        merge: merge LoRA into the base weights (a plain Sa2VA model) or keep the adapters.
-        source: where the trained tensors come from (see :func:`read_trained`).
-    """
-    from sa2va_ray.model import merge_lora
-
-    model, _ = build_checkpoint_model(checkpoint_dir, source)
-    return merge_lora(model) if merge else model

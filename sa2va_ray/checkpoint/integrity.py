@@ -19,6 +19,18 @@ import struct
 import zipfile
 from pathlib import Path
 
+from sa2va_ray.checkpoint.layout import (
+    CONFIG_FILE,
+    DS_TAG,
+    MODEL_CONFIG_FILE,
+    STATE_FILE,
+    TRAINABLE_FILE,
+    deepspeed_dir,
+    describe_model_path,
+    is_training_checkpoint,
+    model_path_kind,
+)
+
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 CRC_CHECK_MAX_BYTES = 64 << 20
@@ -114,7 +126,7 @@ def check_model_dir(path: str | Path) -> None:
     """A Hugging Face model directory: top-level JSON files parse, every safetensors file is complete, and the
     weight index (when sharded) names files that exist."""
     d = Path(path)
-    check_json(d / "config.json")
+    check_json(d / MODEL_CONFIG_FILE)
     for j in sorted(d.glob("*.json")):
         check_json(j, want_object=False)
     weights = sorted(d.glob("*.safetensors"))
@@ -141,8 +153,8 @@ def expected_deepspeed_files(zero_stage: int, world_size: int) -> list[str]:
 
 
 def check_training_checkpoint(path: str | Path, complete: bool = True) -> None:
-    """A checkpoint written by :mod:`sa2va_ray.train.checkpoint`: metadata parses, ``trainable.safetensors`` is
-    complete and every rank's DeepSpeed shard is present and complete.
+    """A checkpoint written by :mod:`sa2va_ray.train.checkpoint` (layout: :mod:`sa2va_ray.checkpoint.layout`): metadata
+    parses, ``trainable.safetensors`` is complete and every rank's DeepSpeed shard is present and complete.
 
     Args:
         complete: every file the training loop writes must be there (a resume candidate). False (a checkpoint given
@@ -152,13 +164,13 @@ def check_training_checkpoint(path: str | Path, complete: bool = True) -> None:
     d = Path(path)
     if not d.is_dir():
         raise IntegrityError(f"{d}: missing")
-    if not (d / "config.yaml").is_file():
-        raise IntegrityError(f"{d / 'config.yaml'}: missing")
-    ds = d / "deepspeed"
+    if not (d / CONFIG_FILE).is_file():
+        raise IntegrityError(f"{d / CONFIG_FILE}: missing")
+    ds = deepspeed_dir(d) or d / DS_TAG
     shards = sorted(ds.glob("*.pt"))
-    state = check_json(d / "train_state.json") if complete or (d / "train_state.json").exists() else None
-    if complete or (d / "trainable.safetensors").exists() or not shards:
-        check_safetensors(d / "trainable.safetensors")
+    state = check_json(d / STATE_FILE) if complete or (d / STATE_FILE).exists() else None
+    if complete or (d / TRAINABLE_FILE).exists() or not shards:
+        check_safetensors(d / TRAINABLE_FILE)
     if not shards and not complete:
         return
     if state is None:  # no record of the stage and world size: every shard that is there must be whole
@@ -168,19 +180,12 @@ def check_training_checkpoint(path: str | Path, complete: bool = True) -> None:
     try:
         stage, world = int(state["zero_stage"]), int(state["world_size"])
     except (KeyError, TypeError, ValueError):
-        raise IntegrityError(f"{d / 'train_state.json'}: no zero_stage/world_size") from None
+        raise IntegrityError(f"{d / STATE_FILE}: no zero_stage/world_size") from None
     for pattern in expected_deepspeed_files(stage, world):
         found = sorted(ds.glob(pattern))
         if not found:
             raise IntegrityError(f"{ds / pattern.lstrip('*')}: missing (ZeRO-{stage}, {world} ranks)")
         check_torch_zip(found[0])
-
-
-def is_checkpoint_dir(path: str | Path) -> bool:
-    """A training checkpoint rather than a model directory (its trained tensors, state or DeepSpeed shards)."""
-    d = Path(path)
-    return any((d / n).exists() for n in ("trainable.safetensors", "train_state.json")) or (
-        (d / "config.yaml").is_file() and any((d / "deepspeed").glob("*model_states.pt")))
 
 
 def find_damage(path: str | Path, kind: str = "auto") -> str | None:
@@ -192,10 +197,31 @@ def find_damage(path: str | Path, kind: str = "auto") -> str | None:
     try:
         if kind == "checkpoint":
             check_training_checkpoint(d)
-        elif kind == "auto" and is_checkpoint_dir(d):
+        elif kind == "auto" and is_training_checkpoint(d):
             check_training_checkpoint(d, complete=False)
         else:
             check_model_dir(d)
     except IntegrityError as e:
         return str(e)
     return None
+
+
+def check_model_path(path: str, key: str = "model.path") -> None:
+    """Pre-flight of a model directory or training checkpoint on the driver, the one every job and evaluation runs.
+
+    It is a model path (:func:`~sa2va_ray.checkpoint.layout.model_path_kind`), its headers and sizes are intact, and
+    its pickles cannot run code (:mod:`sa2va_ray.checkpoint.safety`). An empty path (build from the config) passes.
+
+    Raises:
+        IntegrityError: naming the file; ``UnsafeCheckpointError`` for a pickle that could run code.
+    """
+    if not path:
+        return
+    if model_path_kind(path) is None:
+        raise IntegrityError(describe_model_path(path, key))
+    reason = find_damage(path)
+    if reason:
+        raise IntegrityError(f"{key}: {reason}; re-export or copy it again, or point {key} at an intact model")
+    from sa2va_ray.checkpoint.safety import check_checkpoint_files
+
+    check_checkpoint_files(path)  # DeepSpeed shards a loader would unpickle: refused here if they could run code
