@@ -2,7 +2,10 @@
 
 Every job (`jobs/*.py`) calls :func:`load_config`. An unknown key or a value of the wrong type is a
 :class:`ConfigError` raised before any work starts; the resolved config is written to
-``output_dir/config.yaml`` by :func:`save_config`.
+``output_dir/config.yaml`` by :func:`save_config`. Each field's docstring (the string under it) documents it.
+
+The sections are named ``*Section`` (``ScalingSection``, ``LoraSection``, ``DeepSpeedSection``, ...), never after the
+Ray, PEFT or DeepSpeed classes they feed (``ray.train.ScalingConfig``, ``peft.LoraConfig``, ...).
 
 Example::
 
@@ -25,15 +28,21 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticSection:
     """Procedural synthetic angiography set, made on first use when ``enabled``."""
 
-    enabled: bool = False  # make the set under `out` when data.annotations does not exist
-    out: str = "data/synthetic"  # directory: out/images/*.jpg + out/annotations.json
-    patients: int = 12  # patients (each its own vessel tree)
-    frames: int = 6  # frames per patient
-    size: int = 256  # image side in pixels
+    enabled: bool = False
+    """Make the set under `out` when data.annotations does not exist."""
+    out: str = "data/synthetic"
+    """Directory: out/images/*.jpg + out/annotations.json."""
+    patients: int = 12
+    """Patients (each its own vessel tree)."""
+    frames: int = 6
+    """Frames per patient."""
+    size: int = 256
+    """Image side in pixels."""
     seed: int = 0
+    """Seed of the procedural generator (same seed, same images)."""
 
     def __post_init__(self) -> None:
         if self.patients < 2 or self.frames < 1 or self.size < 32:
@@ -41,22 +50,35 @@ class SyntheticConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSection:
     """Where the records are and how they are split."""
 
-    annotations: str = ""  # official-format annotations.json (training records, or all records to split)
-    val_annotations: str = ""  # validation records; empty: split `annotations` by patient
-    images_dir: str = ""  # directory holding the image files named in the annotations
-    val_fraction: float = 0.25  # fraction of patients held out when splitting
+    annotations: str = ""
+    """Official-format annotations.json (training records, or all records to split)."""
+    val_annotations: str = ""
+    """Validation records; empty: split `annotations` by patient."""
+    images_dir: str = ""
+    """Directory holding the image files named in the annotations."""
+    val_fraction: float = 0.25
+    """Fraction of patients held out when splitting."""
     split_seed: int = 0
-    group_regex: str = ""  # regex whose first group is the patient id; empty: the built-in default
-    strict: bool = False  # any invalid record fails the job before work starts
-    allow_symlinks_outside: bool = False  # accept image symlinks that lead out of images_dir (else unsafe_path)
-    pseudonymise: bool = False  # replace patient names/ids with salted hashes in every output
-    salt_file: str = ""  # file whose first line is the secret salt; empty: the SA2VA_SALT environment variable
-    salt: str = ""  # refused when set: a salt in a config or command line would be written to config.yaml and logs
-    deterministic: bool = False  # Ray Data keeps row order, so the same seed sees the same batches (slower)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Seed of the patient-level split."""
+    group_regex: str = ""
+    """Regex whose first group is the patient id; empty: the built-in default."""
+    strict: bool = False
+    """Any invalid record fails the job before work starts."""
+    allow_symlinks_outside: bool = False
+    """Accept image symlinks that lead out of images_dir (else the record is refused as ``unsafe_path``)."""
+    pseudonymise: bool = False
+    """Replace patient names/ids with salted hashes in every output."""
+    salt_file: str = ""
+    """File whose first line is the secret salt; empty: the SA2VA_SALT environment variable."""
+    salt: str = ""
+    """Refused when set: a salt in a config or command line would be written to config.yaml and logs."""
+    deterministic: bool = False
+    """Ray Data keeps row order, so the same seed sees the same batches (slower)."""
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    """The synthetic set made on first use."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -67,18 +89,27 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     """Which Sa2VA to build or load."""
 
-    path: str = ""  # model directory or training checkpoint; empty: build from `preset`
-    preset: str = "tiny"  # tiny | internvl_sam2 (native InternVL3 dir + Meta SAM2 ckpt) | official (Sa2VA HF dir)
-    internvl_path: str = ""  # native InternVL3 directory (preset internvl_sam2)
-    sam2_checkpoint: str = ""  # Meta SAM2 checkpoint, e.g. sam2.1_hiera_large.pt (preset internvl_sam2)
-    sam2_config: str = "sam2.1_hiera_l"  # SAM2 architecture preset or config YAML path
-    official_path: str = ""  # official Sa2VA HF checkpoint directory (preset official)
-    seed: int = 0  # init seed of freshly built modules
-    max_tiles: int = 1  # InternVL dynamic tiles per image
+    path: str = ""
+    """Model directory or training checkpoint; empty: build from `preset`."""
+    preset: str = "tiny"
+    """``tiny`` | ``internvl_sam2`` (native InternVL3 dir + Meta SAM2 ckpt) | ``official`` (Sa2VA HF dir)."""
+    internvl_path: str = ""
+    """Native InternVL3 directory (preset internvl_sam2)."""
+    sam2_checkpoint: str = ""
+    """Meta SAM2 checkpoint, e.g. sam2.1_hiera_large.pt (preset internvl_sam2)."""
+    sam2_config: str = "sam2.1_hiera_l"
+    """SAM2 architecture preset or config YAML path."""
+    official_path: str = ""
+    """Official Sa2VA HF checkpoint directory (preset official)."""
+    seed: int = 0
+    """Init seed of freshly built modules."""
+    max_tiles: int = 1
+    """InternVL dynamic tiles per image."""
     gradient_checkpointing: bool = False
+    """Recompute LLM activations in backward (less memory, ~30% slower)."""
 
     def __post_init__(self) -> None:
         if self.preset not in {"tiny", "internvl_sam2", "official"}:
@@ -86,17 +117,37 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
-    """LoRA on every Linear of the LLM (not lm_head) and which other modules train in full."""
+class LoraSection:
+    """LoRA on every Linear of the LLM (not lm_head) and which module groups train in full.
+
+    The ``train_*`` switches are the fields of :class:`sa2va_ray.model.lora.TrainPolicy`, name for name (a unit test
+    keeps them equal); each turns one parameter group of :func:`sa2va_ray.model.groups.module_group` on or off.
+    """
 
     enabled: bool = True
+    """LoRA adapters on the LLM; false: no adapters (the ``train_*`` switches still apply)."""
     r: int = 8
+    """LoRA rank."""
     alpha: int = 16
+    """LoRA alpha (the adapters are scaled by alpha / r)."""
     dropout: float = 0.0
-    train_embeddings: bool = True  # embed_tokens and lm_head in full (the new special tokens)
-    train_projector: bool = True  # mlp1
-    train_text_fcs: bool = True  # text_hidden_fcs
-    train_mask_decoder: bool = True  # SAM2 mask decoder
+    """Dropout on the LoRA input."""
+    train_embeddings: bool = True
+    """``embed_tokens`` and ``lm_head`` in full (they hold the new special tokens); group ``llm_embeddings``."""
+    train_projector: bool = True
+    """InternVL's pixel-shuffle MLP projector ``mlp1``; group ``projector``."""
+    train_text_fcs: bool = True
+    """The ``[SEG]`` -> SAM2 prompt projection ``text_hidden_fcs``; group ``text_hidden_fcs``."""
+    train_mask_decoder: bool = True
+    """SAM2 mask decoder; group ``sam2_decoder``."""
+    train_prompt_encoder: bool = False
+    """SAM2 prompt encoder (no-mask and padding-point embeddings); group ``sam2_prompt_encoder``."""
+    train_vision_tower: bool = False
+    """InternViT; group ``vision_tower``."""
+    train_image_encoder: bool = False
+    """SAM2 Hiera image encoder + FPN (frozen, it runs without autograd); group ``sam2_encoder``."""
+    train_llm_base: bool = False
+    """The base LLM weights in full (full fine-tuning; normally false with LoRA); group ``llm_base``."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
@@ -104,13 +155,17 @@ class LoraConfig:
 
 
 @dataclass
-class LossConfig:
+class LossSection:
     """Loss weights (official Sa2VA defaults) and the point-sampled mask loss."""
 
-    mask_weight: float = 2.0  # sigmoid BCE on mask logits
+    mask_weight: float = 2.0
+    """Sigmoid BCE on mask logits."""
     dice_weight: float = 0.5
-    lm_weight: float = 1.0  # language-model cross-entropy on the answer
-    num_points: int = 0  # importance-sampled points for the mask losses; 0: every low-res pixel
+    """Dice loss on mask probabilities."""
+    lm_weight: float = 1.0
+    """Language-model cross-entropy on the answer."""
+    num_points: int = 0
+    """Importance-sampled points for the mask losses; 0: every low-res pixel."""
 
     def __post_init__(self) -> None:
         if min(self.mask_weight, self.dice_weight, self.lm_weight) < 0:
@@ -118,12 +173,15 @@ class LossConfig:
 
 
 @dataclass
-class HealthConfig:
+class HealthSection:
     """Training health monitor (the seeds' 'weights stopped changing' failure)."""
 
-    min_update_ratio: float = 1e-7  # ||dθ||/||θ|| below this counts as 'not changing'
-    patience: int = 20  # consecutive such steps before warning
-    fail_on_unchanged: bool = True  # fail the job when final trainable weights equal the initial ones
+    min_update_ratio: float = 1e-7
+    """||dθ||/||θ|| below this counts as 'not changing'."""
+    patience: int = 20
+    """Consecutive such steps before warning."""
+    fail_on_unchanged: bool = True
+    """Fail the job when final trainable weights equal the initial ones."""
 
     def __post_init__(self) -> None:
         if self.patience < 1 or self.min_update_ratio < 0:
@@ -131,27 +189,45 @@ class HealthConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainSection:
     """The training loop (shared by train and tune)."""
 
-    max_steps: int = 100  # optimizer steps; the loop stops at max_steps or after `epochs`
+    max_steps: int = 100
+    """Optimizer steps; the loop stops at max_steps or after `epochs`."""
     epochs: int = 1000
-    micro_batch_size: int = 2  # samples per worker per forward
+    """Passes over the training split at most."""
+    micro_batch_size: int = 2
+    """Samples per worker per forward."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
     lr: float = 2e-4
+    """Peak learning rate (AdamW)."""
     weight_decay: float = 0.05
+    """AdamW weight decay."""
     warmup_steps: int = 10
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    """Linear warm-up steps before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Cosine decays to lr * min_lr_ratio."""
     clip_grad: float = 1.0
+    """Gradient norm clipping; 0: off."""
     seed: int = 0
-    val_every: int = 50  # steps between validations (and checkpoints); 0: only at the end
-    val_max_samples: int = 0  # 0: the whole validation split
-    checkpoint_every: int = 0  # 0: same as val_every
+    """Seed of data order, dropout and LoRA init."""
+    val_every: int = 50
+    """Steps between validations (and checkpoints); 0: only at the end."""
+    val_max_samples: int = 0
+    """Validation samples per validation; 0: the whole validation split."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints; 0: same as val_every."""
     num_to_keep: int = 2
+    """Checkpoints kept (the best by val/dice among them)."""
     log_every: int = 5
-    export_best: bool = True  # write the best-by-val/dice model to output_dir/model (else the final one)
-    fail_at_step: int = 0  # fault drill: the last rank dies once at this step (tests FailureConfig recovery)
-    health: HealthConfig = field(default_factory=HealthConfig)
+    """Steps between progress lines."""
+    export_best: bool = True
+    """Write the best-by-val/dice model to output_dir/model (else the final one)."""
+    fail_at_step: int = 0
+    """Fault drill: the last rank dies once at this step (tests Ray Train's failure recovery); 0: off."""
+    health: HealthSection = field(default_factory=HealthSection)
+    """The training health monitor."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "epochs", "micro_batch_size", "grad_accum", "log_every", "num_to_keep"):
@@ -166,16 +242,23 @@ class TrainConfig:
 
 
 @dataclass
-class ScalingConfig:
+class ScalingSection:
     """Ray Train scaling: going to GPUs changes only `use_gpu` (and the precision)."""
 
     num_workers: int = 2
+    """Ray Train workers (one GPU each with use_gpu)."""
     use_gpu: bool = False
+    """Workers and predictor actors on GPUs."""
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # used when use_gpu
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    max_failures: int = 1  # worker failures Ray Train recovers from (from the last checkpoint)
-    wait_for_resources_s: float = 0.0  # autoscaling cluster: seconds to wait for it to grow big enough; 0: fail at once
+    """CPUs each worker reserves."""
+    gpus_per_worker: float = 1.0
+    """GPUs each worker reserves (with use_gpu)."""
+    placement_strategy: str = "PACK"
+    """PACK | SPREAD | STRICT_PACK | STRICT_SPREAD."""
+    max_failures: int = 1
+    """Worker failures Ray Train recovers from (from the last checkpoint); -1: unlimited."""
+    wait_for_resources_s: float = 0.0
+    """Autoscaling cluster: seconds to wait for it to grow big enough; 0: fail at once."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -189,14 +272,19 @@ class ScalingConfig:
 
 
 @dataclass
-class DeepSpeedConfig:
+class DeepSpeedSection:
     """What the generated DeepSpeed JSON says."""
 
     zero_stage: int = 2
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 on RTX 3090)
-    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU
-    offload_params: bool = False  # ZeRO-3 parameter offload to CPU
-    reduce_bucket_size: int = 0  # elements per gradient bucket; 0: DeepSpeed's default (5e8; 2e8 saves ~1 GiB)
+    """ZeRO stage 0..3 (2: optimizer states and gradients sharded)."""
+    precision: str = "fp32"
+    """``fp32`` | ``bf16`` | ``fp16`` (bf16 on RTX 3090)."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload of optimizer states to CPU."""
+    offload_params: bool = False
+    """ZeRO-3 parameter offload to CPU."""
+    reduce_bucket_size: int = 0
+    """Elements per gradient bucket; 0: DeepSpeed's default (5e8; 2e8 saves ~1 GiB)."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -208,16 +296,23 @@ class DeepSpeedConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalSection:
     """Ray Data batch evaluation."""
 
-    batch_size: int = 8  # images per predictor call
-    num_actors: int = 2  # predictor actors (one GPU each when scaling.use_gpu)
-    mode: str = "teacher_forced"  # teacher_forced | generate
-    vessel_metrics: bool = True  # clDice, HD95, Betti errors
-    num_overlays: int = 4  # worst, best and random overlays each
-    n_boot: int = 1000  # bootstrap resamples for confidence intervals
-    strict: bool = False  # any failed sample fails the job
+    batch_size: int = 8
+    """Images per predictor call."""
+    num_actors: int = 2
+    """Predictor actors (one GPU each when scaling.use_gpu)."""
+    mode: str = "teacher_forced"
+    """``teacher_forced`` | ``generate``."""
+    vessel_metrics: bool = True
+    """Also clDice, HD95 and Betti errors per sample."""
+    num_overlays: int = 4
+    """Overlays of each kind: worst, best and random samples by Dice."""
+    n_boot: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+    strict: bool = False
+    """Any failed sample fails the job."""
 
     def __post_init__(self) -> None:
         if self.mode not in {"teacher_forced", "generate"}:
@@ -229,18 +324,27 @@ class EvalConfig:
 
 
 @dataclass
-class TuneConfig:
+class TuneSection:
     """Ray Tune sweep over loss weights (and optionally lr / LoRA rank)."""
 
-    search: str = "random"  # grid | random | optuna
-    num_samples: int = 4  # trials (random/optuna) or repeats of the grid
+    search: str = "random"
+    """``grid`` | ``random`` | ``optuna``."""
+    num_samples: int = 4
+    """Trials (random/optuna) or repeats of the grid."""
     metric: str = "val/dice"
+    """Metric the sweep optimises (a validation metric, never the train loss)."""
     mode: str = "max"
-    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {type: loguniform|uniform|choice|grid, ...}
-    grace_period: int = 1  # ASHA: validations before a trial may be stopped
+    """``max`` | ``min``."""
+    space: dict[str, Any] = field(default_factory=dict)
+    """Dotted key -> ``{type: loguniform|uniform|choice|grid, ...}``."""
+    grace_period: int = 1
+    """ASHA: validations before a trial may be stopped."""
     reduction_factor: int = 2
-    max_concurrent_trials: int = 0  # 0: derived from cluster resources and per-trial scaling
+    """ASHA: fraction 1/reduction_factor of trials kept at each rung."""
+    max_concurrent_trials: int = 0
+    """Trials at once; 0: derived from cluster resources and per-trial scaling."""
     export_best: bool = True
+    """Export the best trial's model to output_dir/model."""
 
     def __post_init__(self) -> None:
         if self.search not in {"grid", "random", "optuna"}:
@@ -250,24 +354,33 @@ class TuneConfig:
 
 
 @dataclass
-class CompareConfig:
+class CompareSection:
     """Paired comparison of two evaluations (eval dirs) or two models on one data set."""
 
-    a: str = ""  # eval directory (with samples.parquet) or model path
+    a: str = ""
+    """Eval directory (with samples.parquet) or model path."""
     b: str = ""
-    tolerance: float = 1e-6  # |difference| below this counts as a tie
+    """Eval directory or model path of the second side."""
+    tolerance: float = 1e-6
+    """An absolute difference below this counts as a tie."""
 
 
 @dataclass
-class ExportConfig:
+class ExportSection:
     """Export of a training checkpoint to a Hugging Face model directory."""
 
-    checkpoint: str = ""  # training checkpoint directory; empty: model.path
-    out: str = ""  # output directory; empty: output_dir/model
-    adapter: bool = False  # also write the LoRA adapter alone in PEFT layout
-    source: str = "auto"  # trained tensors from: auto | safetensors | deepspeed (the shards alone)
-    format: str = "hf"  # hf (our Hugging Face layout) | official (Sa2VA remote-code layout, `Sa2VAChatModel`)
-    official_code_from: str = ""  # format=official: an official Sa2VA checkpoint dir whose remote-code .py are copied
+    checkpoint: str = ""
+    """Training checkpoint directory; empty: model.path."""
+    out: str = ""
+    """Output directory; empty: output_dir/model."""
+    adapter: bool = False
+    """Also write the LoRA adapter alone in PEFT layout."""
+    source: str = "auto"
+    """Trained tensors from: ``auto`` | ``safetensors`` | ``deepspeed`` (the shards alone)."""
+    format: str = "hf"
+    """``hf`` (our Hugging Face layout) | ``official`` (Sa2VA remote-code layout, ``Sa2VAChatModel``)."""
+    official_code_from: str = ""
+    """With format=official: an official Sa2VA checkpoint dir whose remote-code .py files are copied."""
 
     def __post_init__(self) -> None:
         if self.source not in {"auto", "safetensors", "deepspeed"}:
@@ -281,19 +394,33 @@ class Config:
     """Root of every job's configuration."""
 
     output_dir: str = "outputs/run"
-    run_name: str = ""  # empty: the output_dir's name; re-running the same name resumes
-    storage_path: str = ""  # Ray Train/Tune storage (shared path on a cluster); empty: output_dir/ray
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    """Every file a run writes goes under this directory."""
+    run_name: str = ""
+    """Run name; empty: the output_dir's name. Re-running the same name resumes."""
+    storage_path: str = ""
+    """Ray Train/Tune storage (shared path on a cluster); empty: output_dir/ray."""
+    data: DataSection = field(default_factory=DataSection)
+    """The ``data:`` section."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The ``model:`` section."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """The ``lora:`` section."""
+    loss: LossSection = field(default_factory=LossSection)
+    """The ``loss:`` section."""
+    train: TrainSection = field(default_factory=TrainSection)
+    """The ``train:`` section."""
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    """The ``scaling:`` section."""
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    """The ``deepspeed:`` section."""
+    eval: EvalSection = field(default_factory=EvalSection)
+    """The ``eval:`` section."""
+    tune: TuneSection = field(default_factory=TuneSection)
+    """The ``tune:`` section."""
+    compare: CompareSection = field(default_factory=CompareSection)
+    """The ``compare:`` section."""
+    export: ExportSection = field(default_factory=ExportSection)
+    """The ``export:`` section."""
 
     @property
     def name(self) -> str:

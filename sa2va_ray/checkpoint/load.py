@@ -45,14 +45,10 @@ def build_base_model(cfg: Config, allow_path: bool = True):
 def prepare_for_training(model, cfg: Config, verbose: bool = True):
     """Apply the LoRA/trainable policy of ``cfg.lora``; print the trainable parameter count per module."""
     from sa2va_ray import model as m
+    from sa2va_ray.model.lora import POLICY_GROUPS
 
     lc = cfg.lora
-    policy = m.TrainPolicy(
-        llm_embeddings=lc.train_embeddings,
-        projector=lc.train_projector,
-        text_hidden_fcs=lc.train_text_fcs,
-        sam2_decoder=lc.train_mask_decoder,
-    )
+    policy = m.TrainPolicy(**{name: getattr(lc, name) for name in POLICY_GROUPS})  # lora.train_*: the same names
     settings = m.LoraSettings(r=lc.r if lc.enabled else 0, alpha=lc.alpha, dropout=lc.dropout, policy=policy)
     model = m.apply_lora(model, settings, seed=cfg.model.seed)
     if cfg.model.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):

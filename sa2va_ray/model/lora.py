@@ -20,28 +20,45 @@ def parameter_group(name: str) -> str:
 
 @dataclass
 class TrainPolicy:
-    """Which module groups train (besides the LoRA adapters). Defaults: the official Sa2VA recipe."""
+    """Which module groups train in full (besides the LoRA adapters). Defaults: the official Sa2VA recipe.
 
-    llm_embeddings: bool = True
+    The field names are the config's ``lora.train_*`` keys (:class:`sa2va_ray.config.LoraSection`), name for name;
+    :data:`POLICY_GROUPS` gives the parameter group (:func:`parameter_group`) each one switches.
+    """
+
+    train_embeddings: bool = True
     """`embed_tokens` and `lm_head` in full (they hold the new special tokens)."""
-    projector: bool = True
+    train_projector: bool = True
     """InternVL's pixel-shuffle MLP projector (`mlp1`)."""
-    text_hidden_fcs: bool = True
-    """The `[SEG]` -> SAM2 prompt projection."""
-    sam2_decoder: bool = True
+    train_text_fcs: bool = True
+    """The `[SEG]` -> SAM2 prompt projection (`text_hidden_fcs`)."""
+    train_mask_decoder: bool = True
     """SAM2 mask decoder."""
-    sam2_prompt_encoder: bool = False
+    train_prompt_encoder: bool = False
     """SAM2 prompt encoder (no-mask / padding-point embeddings)."""
-    vision_tower: bool = False
+    train_vision_tower: bool = False
     """InternViT."""
-    sam2_encoder: bool = False
+    train_image_encoder: bool = False
     """SAM2 Hiera image encoder + FPN (frozen: it then runs without autograd)."""
-    llm_base: bool = False
+    train_llm_base: bool = False
     """The base LLM weights (full fine-tuning; normally False with LoRA)."""
 
     def trainable_groups(self) -> set[str]:
         """Group names set to train (plus `llm_lora`)."""
-        return {name for name, on in asdict(self).items() if on} | {"llm_lora"}
+        return {POLICY_GROUPS[name] for name, on in asdict(self).items() if on} | {"llm_lora"}
+
+
+POLICY_GROUPS = {
+    "train_embeddings": "llm_embeddings",
+    "train_projector": "projector",
+    "train_text_fcs": "text_hidden_fcs",
+    "train_mask_decoder": "sam2_decoder",
+    "train_prompt_encoder": "sam2_prompt_encoder",
+    "train_vision_tower": "vision_tower",
+    "train_image_encoder": "sam2_encoder",
+    "train_llm_base": "llm_base",
+}
+"""Policy field -> the parameter group (:func:`sa2va_ray.model.groups.module_group`) it turns on."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sa2va_ray.config import HealthConfig
+from sa2va_ray.config import HealthSection
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class HealthMonitor:
     """
 
     groups: dict[str, list[torch.Tensor]]
-    cfg: HealthConfig
+    cfg: HealthSection
     clip: float = 1.0
     warmup_steps: int = 0
     view: TensorView = lambda p: p  # noqa: E731

@@ -123,3 +123,51 @@ def test_with_overrides_revalidates():
     assert with_overrides(cfg, {"loss.dice_weight": 1.5}).loss.dice_weight == 1.5
     with pytest.raises(ConfigError):
         with_overrides(cfg, {"loss.dice_weight": -1.0})
+
+
+def test_lora_section_and_train_policy_share_their_names_and_defaults():
+    """One schema per knob: every ``lora.train_*`` key is a field of the model's TrainPolicy, same default."""
+    import dataclasses
+
+    from sa2va_ray.config import LoraSection
+    from sa2va_ray.model.lora import POLICY_GROUPS, TrainPolicy
+
+    policy = {f.name: f.default for f in dataclasses.fields(TrainPolicy)}
+    section = {f.name: f.default for f in dataclasses.fields(LoraSection) if f.name.startswith("train_")}
+    assert section == policy and set(policy) == set(POLICY_GROUPS)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["lora.train_vision_tower=true", "lora.train_llm_base=true"])
+    assert cfg.lora.train_vision_tower and cfg.lora.train_llm_base  # every policy group reachable from YAML
+
+
+def test_loss_section_names_are_the_model_config_names():
+    import dataclasses
+
+    from sa2va_ray.config import LossSection
+    from sa2va_ray.model.config import Sa2VAConfig
+
+    model_config = Sa2VAConfig()
+    assert all(hasattr(model_config, f.name) for f in dataclasses.fields(LossSection))
+
+
+def test_every_config_field_has_a_docstring_and_no_section_shadows_a_library_name():
+    """litgpt-style: the string literal under each field documents it; sections are ``*Section``."""
+    import ast
+    import dataclasses
+
+    import sa2va_ray.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    undocumented = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                nxt = body[i + 1] if i + 1 < len(body) else None
+                if not (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)):
+                    undocumented.append(f"{cls.name}.{node.target.id}")
+    assert not undocumented
+    sections = [f.type for f in dataclasses.fields(Config) if f.name not in ("output_dir", "run_name", "storage_path")]
+    assert sections and all(str(t).endswith("Section") for t in sections)
+    for shadowed in ("ScalingConfig", "LoraConfig", "DeepSpeedConfig", "TuneConfig", "TrainConfig", "RunConfig"):
+        assert not hasattr(config_module, shadowed)

@@ -81,7 +81,7 @@ def test_dice_matches_definition():
 
 
 def test_bfloat16_with_gradient_checkpointing_and_frozen_embeddings(vessel_samples):
-    policy = TrainPolicy(llm_embeddings=False)  # LoRA grads must still flow through checkpointed layers
+    policy = TrainPolicy(train_embeddings=False)  # LoRA grads must still flow through checkpointed layers
     model = apply_lora(build_tiny_sa2va(seed=0), LoraSettings(r=4, alpha=8, policy=policy)).to(torch.bfloat16)
     model.activation_checkpointing_enable()  # transformers 5 name of gradient_checkpointing_enable
     out = model(**model.processor.collate_train(vessel_samples(2)))

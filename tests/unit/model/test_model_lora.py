@@ -32,7 +32,8 @@ def test_default_policy_is_the_official_recipe():
 
 
 def test_custom_policy_and_no_lora():
-    policy = TrainPolicy(sam2_decoder=False, llm_embeddings=False, vision_tower=True, sam2_encoder=True)
+    policy = TrainPolicy(train_mask_decoder=False, train_embeddings=False, train_vision_tower=True,
+                         train_image_encoder=True)
     model = apply_lora(build_tiny_sa2va(seed=0), LoraSettings(r=0, policy=policy))
     summary = summarize(model)
     assert not has_lora(model)
@@ -40,7 +41,7 @@ def test_custom_policy_and_no_lora():
                                                         "sam2_encoder"}
     assert summary["vision_tower"] == summary.total["vision_tower"]
     # a dict policy (as it comes from YAML) works too
-    model2 = apply_lora(build_tiny_sa2va(seed=0), LoraSettings(r=2, policy={"projector": False}))
+    model2 = apply_lora(build_tiny_sa2va(seed=0), LoraSettings(r=2, policy={"train_projector": False}))
     assert summarize(model2)["projector"] == 0 and summarize(model2)["llm_lora"] > 0
 
 

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from sa2va_ray.config import HealthConfig
+from sa2va_ray.config import HealthSection
 from sa2va_ray.train.health import HealthMonitor, TrainingHealthError
 
 
 def _monitor(**kw):
     torch.manual_seed(0)
     a, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(3))
-    cfg = HealthConfig(min_update_ratio=1e-6, patience=3, fail_on_unchanged=True)
+    cfg = HealthSection(min_update_ratio=1e-6, patience=3, fail_on_unchanged=True)
     return HealthMonitor({"lora": [a], "decoder": [b]}, cfg, clip=1.0, **kw), a, b
 
 
