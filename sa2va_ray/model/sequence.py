@@ -8,7 +8,8 @@ mask through every other frame, forward from the first prompted frame (and backw
 sends the first 5 frames; Sa2VA-i (arXiv 2509.19082) samples them uniformly, the default here (`sampling="first"`
 is the official choice). Masks are resized and binarised as in image mode.
 
-Memory stays bounded: each frame's image features are computed once, used and dropped; of the propagated frames
+Memory stays bounded: each frame's image features are computed once (8 frames per image-encoder batch, in the order
+they are needed), used and dropped; of the propagated frames
 only the window SAM2's memory attention reads (`num_maskmem` masks, `max_obj_ptrs_in_encoder` object pointers) is
 kept, and each frame leaves only its boolean mask behind.
 """
@@ -121,7 +122,7 @@ class SequencePredictMixin:
         answer = self.processor.tokenizer.decode(tokens, skip_special_tokens=False)
         return answer, (seg_hidden[0] if seg_hidden else None)
 
-    def _propagate(self, frames, prompt, prompt_frames, size, threshold, backward):
+    def _propagate(self, frames, prompt, prompt_frames, size, threshold, backward, chunk: int = 8):
         """SAM2 on the prompted frames (each on its own), then its memory through the rest of the run."""
         sam = self.sam2
         n = len(frames)
@@ -132,15 +133,30 @@ class SequencePredictMixin:
         scores = [0.0] * n
         window = max(sam.num_maskmem, sam.max_obj_ptrs_in_encoder) * max(1, sam.memory_temporal_stride_for_eval)
 
+        start = prompt_frames[0]
+        order = prompt_frames + [t for t in range(start + 1, n) if t not in prompt_frames]
+        order += list(range(start - 1, -1, -1)) if backward else []
+        cache: dict[int, tuple] = {}
+
+        def features(t: int) -> tuple:
+            """Image features of frame t; computed `chunk` frames at a time in processing order, each used once."""
+            if t not in cache:
+                at = order.index(t)
+                todo = order[at:at + chunk]
+                x = torch.stack([self.processor.sam_input(frames[f]) for f in todo]).to(self.device, dtype)
+                with self._sam2_autocast(x.device):
+                    _, feats, pos, sizes = sam._prepare_backbone_features(sam.forward_image(x))  # (HW, B, C) each
+                for i, f in enumerate(todo):
+                    cache[f] = ([v[:, i:i + 1] for v in feats], [v[:, i:i + 1] for v in pos], sizes)
+            return cache.pop(t)
+
         def step(t: int, cond: bool, reverse: bool = False) -> None:
-            x = self.processor.sam_input(frames[t])[None].to(self.device, dtype)  # (1, 3, S, S)
-            with self._sam2_autocast(x.device):
-                _, feats, pos, sizes = sam._prepare_backbone_features(sam.forward_image(x))
-                with sam.prompted(prompt if cond else None):
-                    out = sam.track_step(frame_idx=t, is_init_cond_frame=cond, current_vision_feats=feats,
-                                         current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None,
-                                         mask_inputs=None, output_dict=memory, num_frames=n, track_in_reverse=reverse,
-                                         run_mem_encoder=True)
+            feats, pos, sizes = features(t)
+            with self._sam2_autocast(self.device), sam.prompted(prompt if cond else None):
+                out = sam.track_step(frame_idx=t, is_init_cond_frame=cond, current_vision_feats=feats,
+                                     current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None,
+                                     mask_inputs=None, output_dict=memory, num_frames=n, track_in_reverse=reverse,
+                                     run_mem_encoder=True)
             kept = {key: out[key] for key in ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")}
             memory["cond_frame_outputs" if cond else "non_cond_frame_outputs"][t] = kept
             masks[t] = logits_to_prob(out["pred_masks"][0, 0], size, sam_size) > threshold
@@ -151,7 +167,6 @@ class SequencePredictMixin:
 
         for t in prompt_frames:
             step(t, cond=True)
-        start = prompt_frames[0]
         for t in range(start + 1, n):
             if masks[t] is None:
                 step(t, cond=False)
