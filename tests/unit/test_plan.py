@@ -9,18 +9,8 @@ from pathlib import Path
 import pytest
 
 from sa2va_ray.config import load_config
-from sa2va_ray.plan import (
-    GiB,
-    count_useful_nodes,
-    estimate_comm_bytes_per_gpu,
-    estimate_model_states,
-    find_network_bound_nodes,
-    main,
-    plan_memory,
-    plan_step_time,
-)
-from sa2va_ray.plan_model import (
-    ModelDims,
+from sa2va_ray.plan.__main__ import main
+from sa2va_ray.plan.counts import (
     count_embedding_params,
     count_largest_layer_params,
     count_llm_layer_params,
@@ -29,6 +19,14 @@ from sa2va_ray.plan_model import (
     count_projector_params,
     count_vision_params,
     estimate_activations,
+)
+from sa2va_ray.plan.dims import ModelDims
+from sa2va_ray.plan.memory import GiB, estimate_model_states, plan_memory
+from sa2va_ray.plan.step_time import (
+    count_useful_nodes,
+    estimate_comm_bytes_per_gpu,
+    find_network_bound_nodes,
+    plan_step_time,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """Paper model of Sa2VA (InternVL3 + SAM2): parameter counts, activation bytes and training FLOPs from dimensions.
 
-Pure arithmetic, no torch: the memory planner (:mod:`sa2va_ray.plan`) combines these numbers with the ZeRO stage,
+Pure arithmetic, no torch: the memory planner (:mod:`sa2va_ray.plan.memory`) combines these numbers with the ZeRO stage,
 world size and precision. Every count is per *one* model replica; the planner does the sharding.
 
 Assumptions (documented once here, used everywhere below):
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sa2va_ray.plan.dims import ModelDims
+
 # Bytes kept per logit element: bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax saved by cross-entropy (4)
 # + the bf16 gradient flowing back into lm_head (2).
 LOGITS_BYTES_PER_ELEMENT = 12
@@ -28,82 +30,6 @@ HIERA_PARAMS_PER_D2 = 12
 # Transient working set of one Hiera block at stage-1 resolution, in tensors of (tokens, dim): residual, norm,
 # q/k/v, attention output, 4x MLP hidden (x2 for the activation), output.
 HIERA_TRANSIENT_TENSORS = 16
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """Every dimension the planner needs (defaults: InternVL3-8B + SAM2.1 Hiera-L)."""
-
-    name: str = "InternVL3-8B + SAM2.1-L"
-    # InternViT vision tower
-    vision_hidden: int = 1024
-    vision_layers: int = 24
-    vision_heads: int = 16
-    vision_intermediate: int = 4096
-    tile_size: int = 448  # pixels per tile side
-    patch_size: int = 14
-    downsample_ratio: float = 0.5  # pixel shuffle: tokens per tile x ratio^2, channels / ratio^2
-    # Qwen2.5 LLM
-    llm_hidden: int = 3584
-    llm_layers: int = 28
-    llm_heads: int = 28
-    llm_kv_heads: int = 4
-    llm_intermediate: int = 18944
-    vocab_size: int = 151674 + 5  # InternVL3-8B vocabulary + [SEG], <p>, </p>, <vp>, </vp>
-    text_tokens: int = 64  # prompt + answer tokens around the image tokens
-    # SAM2 (counts from the `sam2` package's modules built with these settings)
-    sam2_image_size: int = 1024
-    sam2_embed_dim: int = 144  # Hiera stage-1 width (doubles every stage)
-    sam2_stages: tuple[int, ...] = (2, 6, 36, 4)
-    sam2_d_model: int = 256  # prompt/mask decoder width = text_hidden_fcs output
-    sam2_params: int = 224_446_642  # whole SAM2Base (image encoder, memory modules, prompt encoder, decoder)
-    sam2_decoder_params: int = 4_215_109  # sam_mask_decoder
-
-    @classmethod
-    def internvl3_8b(cls) -> ModelDims:
-        """InternVL3-8B (InternViT-300M-448px + Qwen2.5-7B, untied lm_head) with SAM2.1 Hiera-L at 1024 px."""
-        return cls()
-
-    @classmethod
-    def tiny(cls) -> ModelDims:
-        """Roughly the demo's tiny Sa2VA (1-layer ViT of width 32, 2-layer LLM of width 64, tiny SAM2 at 128 px)."""
-        return cls(
-            name="tiny Sa2VA",
-            vision_hidden=32,
-            vision_layers=1,
-            vision_heads=2,
-            vision_intermediate=64,
-            tile_size=56,
-            patch_size=14,
-            llm_hidden=64,
-            llm_layers=2,
-            llm_heads=4,
-            llm_kv_heads=2,
-            llm_intermediate=128,
-            vocab_size=1000,
-            text_tokens=32,
-            sam2_image_size=128,
-            sam2_embed_dim=16,
-            sam2_stages=(1, 1, 2, 1),
-            sam2_d_model=32,
-            sam2_params=883_386,
-            sam2_decoder_params=374_125,
-        )
-
-    @property
-    def patches_per_tile(self) -> int:
-        """ViT patch tokens per tile (without the CLS token)."""
-        return (self.tile_size // self.patch_size) ** 2
-
-    @property
-    def tokens_per_tile(self) -> int:
-        """LLM image tokens per tile after pixel shuffle (256 for 448 px tiles)."""
-        return int(self.patches_per_tile * self.downsample_ratio**2)
-
-    @property
-    def kv_dim(self) -> int:
-        """Width of the LLM's k and v projections (grouped-query attention)."""
-        return self.llm_hidden // self.llm_heads * self.llm_kv_heads
 
 
 def count_tiles(max_tiles: int) -> int:

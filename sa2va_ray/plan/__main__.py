@@ -1,0 +1,78 @@
+"""``python -m sa2va_ray.plan --config FILE [options] [dotted.key=value ...]``: print the memory plan and step times."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from sa2va_ray.config import ConfigError, load_config
+from sa2va_ray.plan.memory import plan_memory
+from sa2va_ray.plan.report import format_memory_plan, format_step_times
+from sa2va_ray.plan.step_time import (
+    DEFAULT_MFU,
+    RTX3090_BF16_TFLOPS,
+    count_useful_nodes,
+    find_network_bound_nodes,
+    plan_step_time,
+)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m sa2va_ray.plan --config FILE [options] [dotted.key=value ...]``."""
+    ap = argparse.ArgumentParser(description="Per-GPU memory planner and scaling paper model for a training config.")
+    ap.add_argument("--config", required=True, help="YAML config (see configs/)")
+    ap.add_argument("--gpu-mem-gb", type=float, default=24.0, help="GPU memory in GiB (default 24: RTX 3090)")
+    ap.add_argument("--logits-tokens", type=int, default=None, help="positions with LM logits (default: all)")
+    ap.add_argument("--nodes", default="", help="comma list of node counts for the step-time model, e.g. 1,2,4,8")
+    ap.add_argument("--gpus-per-node", type=int, default=4)
+    ap.add_argument("--inter-gbps", default="10", help="node-to-node Gbit/s, comma list (e.g. 10,25)")
+    ap.add_argument("--intra-gbps", type=float, default=100.0, help="GPU-to-GPU Gbit/s inside a node")
+    ap.add_argument("--tflops", type=float, default=RTX3090_BF16_TFLOPS, help="peak dense TFLOPS per GPU")
+    ap.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        ap.exit(2, f"config error: {e}\n")
+    plan = plan_memory(cfg, args.gpu_mem_gb, logits_tokens=args.logits_tokens)
+    nodes = [int(x) for x in args.nodes.split(",") if x.strip()]
+    kwargs = dict(
+        gpus_per_node=args.gpus_per_node, intra_gbps=args.intra_gbps, tflops_per_gpu=args.tflops, mfu=args.mfu
+    )
+    scaling = []
+    useful = count_useful_nodes(cfg, args.gpus_per_node)
+    for bw in _floats(args.inter_gbps) if nodes else []:
+        steps = [plan_step_time(cfg, n, inter_gbps=bw, **kwargs) for n in nodes]
+        scaling.append((bw, steps, find_network_bound_nodes(cfg, bw, **kwargs)))
+    if args.json:
+        out = {"config": args.config, "memory": plan.to_dict()}
+        if scaling:
+            out["scaling"] = [
+                {
+                    "inter_gbps": bw,
+                    "network_bound_from_nodes": cross,
+                    "useful_nodes": useful,
+                    "steps": [dataclasses.asdict(s) for s in steps],
+                }
+                for bw, steps, cross in scaling
+            ]
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"# python -m sa2va_ray.plan --config {args.config} {' '.join(args.overrides)}".rstrip())
+        print(format_memory_plan(plan))
+        for bw, steps, cross in scaling:
+            print()
+            print(format_step_times(steps, cross, bw, useful))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
