@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sa2va_ray.demo --config configs/demo.yaml
+	$(BIN)/python jobs/demo.py --config configs/demo.yaml
 
 demo-tune: $(STAMP)
 	$(BIN)/python jobs/tune.py --config configs/tune_demo.yaml

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on the embedded default (tiny Sa2VA, synthetic angiography, CPU workers).
 
-    python -m sa2va_ray.demo --config configs/demo.yaml [dotted.key=value ...]
+    python jobs/demo.py --config configs/demo.yaml [dotted.key=value ...]
 
 Synthetic data -> validation report -> patient split -> distributed training (Ray Train + DeepSpeed ZeRO-2)
 -> verified export -> Ray Data evaluation of the untrained and the trained model -> summary table.
@@ -8,14 +8,15 @@ Synthetic data -> validation report -> patient split -> distributed training (Ra
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
 from pathlib import Path
 
-from sa2va_ray.cli import check_writable, command_line, init_ray, job_main, setup_logging
-from sa2va_ray.config import ConfigError, load_config, save_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sa2va_ray.cli import command_line, init_ray, job_main, parse_job_args  # noqa: E402
+from sa2va_ray.config import save_config  # noqa: E402
 
 
 def _banner(text: str) -> None:
@@ -24,16 +25,7 @@ def _banner(text: str) -> None:
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides).resolve_paths()
-        check_writable(cfg.output_dir, "output_dir")
-    except ConfigError as e:
-        ap.exit(2, f"config error: {e}\n")
-    setup_logging()
+    cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     t0 = time.perf_counter()
 
     from sa2va_ray.data.validate import validate_annotations
