@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     from sa2va_ray.evaluate.pipeline import run_evaluation
     from sa2va_ray.evaluate.report import format_metric_table
-    from sa2va_ray.resources import check_gpus_exist
+    from sa2va_ray.train.resources import check_gpus_exist
 
     check_model_path(cfg.model.path)
     check_data_paths(cfg)

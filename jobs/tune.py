@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     check_model_path(cfg.model.path)
     check_data_paths(cfg)
     init_ray()
-    from sa2va_ray.resources import check_training_fits
+    from sa2va_ray.train.resources import check_training_fits
     from sa2va_ray.tune.driver import run_tune_driver
 
     check_training_fits(cfg)  # every trial is a run of scaling.num_workers workers

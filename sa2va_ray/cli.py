@@ -78,7 +78,7 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
         from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
         from sa2va_ray.data.annotations import AnnotationFileError
         from sa2va_ray.model.checkpoint import LayoutError
-        from sa2va_ray.resources import ResourceError
+        from sa2va_ray.train.resources import ResourceError
 
         try:
             return fn(*args, **kwargs)

@@ -89,7 +89,7 @@ def run_training_driver(cfg: Config) -> TrainOutcome:
     """Validate and split the data, train on Ray workers, export the chosen checkpoint to ``output_dir/model``."""
     from sa2va_ray.data.annotations import AnnotationFileError
     from sa2va_ray.export.exporter import export_checkpoint
-    from sa2va_ray.resources import check_training_fits
+    from sa2va_ray.train.resources import check_training_fits
 
     splits = prepare_splits(cfg)
     print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)

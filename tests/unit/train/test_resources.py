@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sa2va_ray.resources import ResourceError, wait_until_placeable, why_unplaceable
+from sa2va_ray.train.resources import ResourceError, wait_until_placeable, why_unplaceable
 
 TWO_CPU = [{"CPU": 2.0, "memory": 1e9}]
 THREE_NODES = [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 4.0, "GPU": 2.0}]
