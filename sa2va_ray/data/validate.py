@@ -372,12 +372,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-problems", type=int, default=20, help="problems listed in the printed report")
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     ap.add_argument("--oob-tolerance", type=float, default=DEFAULT_OOB_TOLERANCE)
-    ap.add_argument("--pseudonymise", metavar="SALT", help="replace patient names/ids by salted hashes in outputs")
+    ap.add_argument("--pseudonymise", action="store_true",
+                    help="replace patient names/ids by salted hashes in outputs (the secret salt from --salt-file or "
+                         "$SA2VA_SALT, never from the command line)")
+    ap.add_argument("--salt-file", default="", help="file whose first line is the secret salt (--pseudonymise)")
     ap.add_argument("--model", help="model directory or training checkpoint: also check token lengths with it")
     ap.add_argument("--allow-symlinks-outside", action="store_true",
                     help="accept images whose symlinks lead out of the images directory")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    salt = None
+    if args.pseudonymise:
+        from sa2va_ray.config import ConfigError
+        from sa2va_ray.data.pseudonymise import load_salt
+
+        try:
+            salt = load_salt(args.salt_file)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         rules = None
         if args.model:
@@ -392,10 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"validation of {args.annotations} against {args.images}")
-    print(report.format(args.max_problems, salt=args.pseudonymise))
+    print(report.format(args.max_problems, salt=salt))
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report.to_dict(salt=args.pseudonymise), indent=2) + "\n")
+        Path(args.report).write_text(json.dumps(report.to_dict(salt=salt), indent=2) + "\n")
         print(f"report written to {args.report}")
     if not report.samples:
         print(f"error: none of the {report.records} record(s) of {args.annotations} is valid; fix the records "

@@ -168,3 +168,20 @@ def test_cli_exit_codes_and_json(bad_set, synthetic_set, tmp_path):
     assert clean.returncode == 0, clean.stdout + clean.stderr
     missing = _cli("--annotations", tmp_path / "nope.json", "--images", images)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_cli_takes_the_salt_from_a_file_never_the_command_line(tmp_path, files):
+    images = tmp_path / "images"
+    images.mkdir()
+    name = "Li_Min(0000123456)_1-3_1_051C3E6A_frame_000001.png"
+    ann = files.records(tmp_path / "a.json", [{"image": name, "mask": [SQUARE], "text": ["v"]},
+                                              {"image": name, "mask": [SQUARE], "text": ["w"]}])
+    salt = tmp_path / "salt.txt"
+    salt.write_text("a-secret-salt-of-some-length\n")
+    out = tmp_path / "r.json"
+    ok = _cli("--annotations", ann, "--images", images, "--pseudonymise", "--salt-file", salt, "--report", out)
+    shown = ok.stdout + ok.stderr + out.read_text()
+    assert "Li_Min" not in shown and "0000123456" not in shown and "a-secret-salt" not in shown
+    assert "frame_000001" in out.read_text()
+    no_salt = _cli("--annotations", ann, "--images", images, "--pseudonymise")
+    assert no_salt.returncode == 2 and "salt" in no_salt.stderr and len(no_salt.stderr.strip().splitlines()) == 1
