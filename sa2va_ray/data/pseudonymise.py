@@ -170,6 +170,10 @@ class Pseudonymiser:
         """The pseudonym of a file name."""
         return self.aliases.get(file_name) or pseudonymise_name(file_name, self._salt, self._pattern)
 
+    def patient(self, patient_id: str) -> str:
+        """The pseudonym of a patient id (as the ``patient`` column of a table holds it)."""
+        return f"patient-{hash_identifier(patient_id, self._salt)}"
+
     def text(self, message: str) -> str:
         """A message with every known name and every patient name/id the regex finds replaced."""
         return pseudonymise_text(hide_names(message, self.aliases), self._salt, self._pattern)

@@ -1,18 +1,19 @@
 """Batch evaluation with Ray Data: records → decode (CPU tasks) → predictor actors → per-sample table → reports.
 
-Which records: ``data.val_annotations`` when set, else the validation split of ``data.annotations`` (patient-level,
-:func:`sa2va_ray.datasets.prepare_splits`). Every input record yields exactly one row per text:
+This module is the Ray wiring and the order of the outputs. What is evaluated is prepared in one pass by
+:mod:`~sa2va_ray.evaluate.inputs`; the table (columns, error rows, pseudonymisation, writing) is
+:mod:`~sa2va_ray.evaluate.table`; summaries are :mod:`~sa2va_ray.evaluate.report`; pictures are
+:mod:`~sa2va_ray.evaluate.overlays`. Every input record yields exactly one row per text:
 
 * records that fail validation get ``status=error`` rows (``error_code`` = the first problem code, ``error`` = every
-  problem's message); a record whose texts cannot be parsed gets one row with an empty text. With a patient split,
-  an invalid record belongs to the split of its patient; one whose patient has no valid record at all is evaluated
-  (reported here) rather than dropped;
+  problem's message); a record whose texts cannot be parsed gets one row with an empty text;
 * an image that fails to decode in the Ray task becomes a ``decode_error`` row;
-* a batch whose prediction throws is retried per sample (:class:`~sa2va_ray.evaluate.predictor.Sa2VAPredictor`).
+* a batch whose prediction throws is retried per sample (:class:`~sa2va_ray.evaluate.predictor.Sa2VAPredictor`);
+* a sample the pipeline never returns becomes a ``pipeline_error`` row.
 
 Multi-node: the decode tasks and the actors run on any node, so ``data.images_dir`` must be a path every node can
 read (shared filesystem). The driver gathers only scalar rows, plus the bit-packed masks of the ≤ 3k samples kept
-for overlays (:class:`~sa2va_ray.evaluate.report.OverlaySelector`).
+for overlays (:class:`~sa2va_ray.evaluate.overlays.OverlaySelector`).
 """
 
 from __future__ import annotations
@@ -21,45 +22,30 @@ import contextlib
 import logging
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from sa2va_ray.config import Config, config_from_dict, config_to_dict
-from sa2va_ray.data.annotations import AnnotationFileError, Problem, Sample, load_annotation_list
-from sa2va_ray.data.pseudonymise import load_salt
-from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, group_id
-from sa2va_ray.evaluate.predictor import PACKED_COLUMN, Sa2VAPredictor, empty_row, mark_error
+from sa2va_ray.config import Config, config_to_dict
+from sa2va_ray.evaluate.inputs import EvalInputs, absolute_path, check_model_path, collect_eval_inputs
+from sa2va_ray.evaluate.overlays import OverlaySelector, record_loader, write_overlays
+from sa2va_ray.evaluate.predictor import Sa2VAPredictor
 from sa2va_ray.evaluate.report import (
     BASIC_METRICS,
     SUMMARY_METRICS,
-    OverlaySelector,
     format_summary_markdown,
-    order_columns,
     plot_dice_histogram,
     summarise_samples,
-    write_overlays,
-    write_sample_tables,
     write_summary_json,
 )
+from sa2va_ray.evaluate.table import PACKED_COLUMN, finish_table, missing_rows, write_sample_tables
+
+__all__ = ["EvalInputs", "EvalResult", "check_model_path", "collect_eval_inputs", "run_eval_pipeline",
+           "run_evaluation"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalInputs:
-    """What one evaluation covers: valid samples to predict and rows for the records that failed validation."""
-
-    samples: list[Sample]
-    failed_rows: list[dict[str, Any]]
-    images_dir: str
-    annotations: str
-    n_records: int
-    group_regex: str = DEFAULT_GROUP_REGEX
 
 
 @dataclass
@@ -71,99 +57,6 @@ class EvalResult:
     table: pd.DataFrame
     overlays: list[Path] = field(default_factory=list)
     markdown: str = ""
-
-
-def validation_error_rows(raw: list[Any], problems: list[Problem], indices: set[int]) -> list[dict[str, Any]]:
-    """Error rows for invalid records: one per text, or one with an empty text when the texts do not parse.
-
-    Args:
-        raw: the annotation file's raw records.
-        problems: validation problems (several per record possible).
-        indices: record indices to produce rows for.
-    """
-    by_record: dict[int, list[Problem]] = defaultdict(list)
-    for p in problems:
-        if p.index in indices:
-            by_record[p.index].append(p)
-    rows = []
-    for index in sorted(by_record):
-        probs = by_record[index]
-        rec = raw[index] if 0 <= index < len(raw) else None
-        texts = rec.get("text") if isinstance(rec, dict) else None
-        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
-            texts = [""]
-        image = rec.get("image") if isinstance(rec, dict) and isinstance(rec.get("image"), str) else ""
-        message = "; ".join(f"{p.problem}: {p.message}" for p in probs)
-        for t, text in enumerate(texts):
-            row = empty_row(f"{index}:{t}", index, t, image, text)
-            rows.append(mark_error(row, probs[0].problem, message))
-    return rows
-
-
-def collect_eval_inputs(cfg: Config) -> EvalInputs:
-    """Validate the evaluation records (never strict here: failures become rows, strictness is applied at the end)."""
-    from sa2va_ray.datasets import ensure_data, start_pseudonymising
-
-    c = config_from_dict(config_to_dict(cfg))
-    c.data.strict = False
-    ensure_data(c)
-    regex = c.data.group_regex or DEFAULT_GROUP_REGEX
-    start_pseudonymising(c, regex)  # this process's log records quote pseudonyms only (with data.pseudonymise)
-    with _quiet_validation(c.data.pseudonymise):
-        return _collect(c, regex)
-
-
-@contextlib.contextmanager
-def _quiet_validation(quiet: bool):
-    """Silence the validator's console warning (it quotes raw file names) while pseudonymising; rows carry it."""
-    logger = logging.getLogger("sa2va_ray.data.validate")
-    level = logger.level
-    if quiet:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _collect(c: Config, regex: str) -> EvalInputs:
-    from sa2va_ray.data.validate import load_valid_samples
-    from sa2va_ray.datasets import prepare_splits, validation_kwargs
-
-    if c.data.val_annotations:
-        path = c.data.val_annotations
-        raw = load_annotation_list(path)
-        samples, report = load_valid_samples(raw, c.data.images_dir, require_valid=False, **validation_kwargs(c))
-        wanted = {p.index for p in report.problems}
-    else:
-        path = c.data.annotations
-        splits = prepare_splits(c)
-        report = splits.reports["all"]
-        raw = load_annotation_list(path)
-        samples = splits.val
-        train_patients = {group_id(s.image, regex) for s in splits.train}
-
-        def patient(i: int) -> str:
-            rec = raw[i]
-            image = rec.get("image") if isinstance(rec, dict) else None
-            return group_id(image, regex) if isinstance(image, str) and image else f"<record {i}>"
-
-        wanted = {p.index for p in report.problems if patient(p.index) not in train_patients}
-        log.info("patient split: %d valid validation records; %d invalid records reported with them",
-                 len(samples), len(wanted))
-    failed = validation_error_rows(raw, report.problems, wanted)
-    n_records = len(samples) + len({r["record_index"] for r in failed})
-    if n_records == 0:
-        raise AnnotationFileError(f"{path}: no records to evaluate")
-    if failed:
-        log.warning("%d of %d evaluation records failed validation; they get error rows (see samples.csv)",
-                    len({r["record_index"] for r in failed}), n_records)
-    return EvalInputs(samples, failed, _absolute(c.data.images_dir), path, n_records, regex)
-
-
-def _absolute(path: str) -> str:
-    """Absolute form of a path that exists here (Ray workers may run in another working directory)."""
-    return str(Path(path).resolve()) if path and Path(path).exists() else path
 
 
 DECODE_CPUS_CPU_ONLY = 0.5
@@ -214,7 +107,7 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     # left to Ray Data: `actor_locality_enabled` and `scheduling_strategy` are deprecated (Ray 2.60: "Ray Data
     # manages actor locality internally"), and its default actor placement is already SPREAD over the nodes.
     actor_cfg = config_to_dict(cfg)
-    actor_cfg["model"]["path"] = _absolute(cfg.model.path)
+    actor_cfg["model"]["path"] = absolute_path(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
     ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
                            allow_symlinks_outside=cfg.data.allow_symlinks_outside)
@@ -254,69 +147,12 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
 
 
 def _reconcile(table: pd.DataFrame, inputs: EvalInputs) -> pd.DataFrame:
-    """Guarantee exactly one row per expected sample: missing ones become error rows, duplicates are dropped."""
-    expected = {s.sample_id(t): (s, t) for s in inputs.samples for t in range(len(s.texts))}
-    if len(table):
-        table = table.drop_duplicates("sample_id", keep="first")
-    seen = set(table["sample_id"]) if len(table) else set()
-    missing = [sid for sid in expected if sid not in seen]
+    """Guarantee exactly one row per expected sample (:func:`~sa2va_ray.evaluate.table.missing_rows`)."""
+    table, missing = missing_rows(table, inputs.samples)
     if missing:
         log.error("the pipeline returned no row for %d sample(s), e.g. %s; they are marked as errors",
                   len(missing), missing[0])
-        rows = [mark_error(empty_row(sid, s.index, t, s.image, s.texts[t]), "pipeline_error",
-                           "no result came back from the pipeline") for sid, (s, t) in
-                ((sid, expected[sid]) for sid in missing)]
-        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if len(table) else pd.DataFrame(rows)
     return table
-
-
-def pseudonymise_table(df: pd.DataFrame, salt: str, regex: str) -> pd.DataFrame:
-    """Replace patient names/ids in ``image``, ``patient`` and ``error`` by salted hashes."""
-    from sa2va_ray.data.pseudonymise import hash_identifier, pseudonymise_name, pseudonymise_text
-
-    out = df.copy()
-    names = {n: pseudonymise_name(n, salt, regex) for n in out["image"].unique() if isinstance(n, str) and n}
-    out["image"] = [names.get(n, n) for n in out["image"]]
-    out["patient"] = [f"patient-{hash_identifier(p, salt)}" if p else p for p in out["patient"]]
-
-    def clean(msg: str) -> str:
-        for name, alias in names.items():
-            msg = msg.replace(name, alias)
-        return pseudonymise_text(msg, salt, regex)
-
-    out["error"] = [clean(m) if isinstance(m, str) and m else m for m in out["error"]]
-    return out
-
-
-def _hide_names(message: str, alias: dict[str, str], cfg: Config, regex: str) -> str:
-    if not cfg.data.pseudonymise:
-        return message
-    from sa2va_ray.data.pseudonymise import pseudonymise_text
-
-    for name, a in alias.items():
-        message = message.replace(name, a)
-    return pseudonymise_text(message, load_salt(cfg.data.salt_file), regex)
-
-
-def check_model_path(cfg: Config) -> None:
-    """Fail before any work when ``model.path`` is set but is neither a model directory nor a checkpoint."""
-    p = Path(cfg.model.path) if cfg.model.path else None
-    if p is not None and not ((p / "config.json").is_file() or (p / "trainable.safetensors").is_file()):
-        raise FileNotFoundError(f"model.path {cfg.model.path!r} is neither a model directory (config.json) nor a "
-                                "training checkpoint (trainable.safetensors)")
-
-
-def _sample_loader(inputs: EvalInputs, alias: dict[str, str], allow_symlinks_outside: bool = False):
-    from sa2va_ray.data.decode import decode_sample
-
-    by_id = {s.sample_id(t): (s, t) for s in inputs.samples for t in range(len(s.texts))}
-
-    def load(sample_id: str) -> tuple[np.ndarray, np.ndarray, str]:
-        sample, t = by_id[sample_id]
-        d = decode_sample(sample, inputs.images_dir, allow_symlinks_outside=allow_symlinks_outside)
-        return d["image"], d["masks"][t], alias.get(sample.image, sample.image)
-
-    return load
 
 
 def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> EvalResult:
@@ -369,12 +205,7 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     inputs = collect_eval_inputs(cfg)
     selector = OverlaySelector(cfg.eval.num_overlays, seed=cfg.data.split_seed)
     predicted = run_eval_pipeline(cfg, inputs, selector)
-    table = pd.concat([f for f in (predicted, pd.DataFrame(inputs.failed_rows)) if len(f)], ignore_index=True)
-    table["patient"] = [group_id(n, inputs.group_regex) if n else "" for n in table["image"]]
-    raw_names = sorted({s.image for s in inputs.samples})
-    if cfg.data.pseudonymise:
-        table = pseudonymise_table(table, load_salt(cfg.data.salt_file), inputs.group_regex)
-    table = order_columns(table)
+    table = finish_table([predicted, pd.DataFrame(inputs.failed_rows)], inputs.patient_of, inputs.pseudonymiser)
     write_sample_tables(table, out)
 
     fingerprints = sorted({f for f in table["model_fingerprint"] if f})
@@ -393,14 +224,10 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     (out / "summary.md").write_text(markdown)
     plot_dice_histogram(table.loc[table["status"] == "ok", "dice"].to_numpy(float), out / "dice_hist.png")
 
-    alias = {n: n for n in raw_names}
-    if cfg.data.pseudonymise:
-        from sa2va_ray.data.pseudonymise import pseudonymise_name
-
-        salt = load_salt(cfg.data.salt_file)
-        alias = {n: pseudonymise_name(n, salt, inputs.group_regex) for n in raw_names}
-    loader = _sample_loader(inputs, alias, cfg.data.allow_symlinks_outside)
-    overlays, problems = write_overlays(selector.selection(), loader, out / "overlays")
+    selection = selector.selection()
+    loader = record_loader(inputs.samples, inputs.images_dir, selection, inputs.display_name,
+                           cfg.data.allow_symlinks_outside)
+    overlays, problems = write_overlays(selection, loader, out / "overlays")
     for p in problems:
-        log.warning("%s", _hide_names(p, alias, cfg, inputs.group_regex))
+        log.warning("%s", inputs.hide(p))
     return EvalResult(out, summary, table, overlays, markdown)

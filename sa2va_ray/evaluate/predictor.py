@@ -7,14 +7,14 @@ Input batch (numpy format, one row per record-text, as made by :func:`sa2va_ray.
 ``sample_id, record_index, text_index, image_name, text, image`` uint8 (H, W, 3) of varying size, ``mask`` bool
 (H, W), ``error`` ("" when decoding worked).
 
-Output: a pandas DataFrame with one row per input row and the columns :data:`OUTPUT_COLUMNS`. Nothing raises
+Output: a pandas DataFrame with one row per input row and the columns
+:data:`sa2va_ray.evaluate.table.OUTPUT_COLUMNS`. Nothing raises
 for a bad sample: a batch whose prediction throws is retried sample by sample, so one bad sample marks only
 itself (``status="error"``, ``error_code``/``error`` say what happened, metrics NaN).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -24,55 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sa2va_ray.evaluate.metrics import OVERLAP_KEYS, VESSEL_KEYS, compute_sample_metrics
+from sa2va_ray.evaluate.metrics import compute_sample_metrics
+from sa2va_ray.evaluate.table import METRIC_COLUMNS, PACKED_COLUMN, empty_row, hash_mask, mark_error, pack_mask
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = OVERLAP_KEYS + VESSEL_KEYS
-"""Per-sample metric columns (float; NaN on error rows and where a metric is undefined, e.g. hd95)."""
-
-ID_COLUMNS = ("sample_id", "record_index", "text_index", "image", "text", "status", "error_code", "error")
-OUTPUT_COLUMNS = ID_COLUMNS + ("height", "width") + METRIC_COLUMNS + ("pred_hash", "model_fingerprint", "worker")
-"""Columns of every row the predictor emits (the pipeline adds ``patient``; the driver drops ``pred_packed``)."""
-
-PACKED_COLUMN = "pred_packed"
-"""Bit-packed prediction (``np.packbits`` of the flat (H, W) mask); only kept on the driver for overlays."""
-
-
-def pack_mask(mask: np.ndarray) -> bytes:
-    """Bit-pack a boolean (H, W) mask (8 pixels per byte)."""
-    return np.packbits(np.asarray(mask, dtype=bool).ravel()).tobytes()
-
-
-def unpack_mask(packed: bytes, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_mask`: the boolean (H, W) mask."""
-    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=height * width)
-    return bits.astype(bool).reshape(height, width)
-
-
-def hash_mask(mask: np.ndarray) -> str:
-    """SHA-1 of a mask's shape and packed bits: equal hashes mean identical predictions."""
-    m = np.asarray(mask, dtype=bool)
-    return hashlib.sha1(f"{m.shape[0]}x{m.shape[1]}|".encode() + pack_mask(m)).hexdigest()
-
-
-def empty_row(sample_id: str, record_index: int, text_index: int, image: str, text: str) -> dict[str, Any]:
-    """A row with every output column, metrics NaN, status ``ok`` (callers fill in the rest)."""
-    row: dict[str, Any] = {
-        "sample_id": sample_id, "record_index": int(record_index), "text_index": int(text_index),
-        "image": image, "text": text, "status": "ok", "error_code": "", "error": "", "height": 0, "width": 0,
-        "pred_hash": "", "model_fingerprint": "", "worker": "",
-    }  # fmt: skip
-    row.update({k: float("nan") for k in METRIC_COLUMNS})
-    return row
-
-
-def mark_error(row: dict[str, Any], code: str, message: str) -> dict[str, Any]:
-    """Turn a row into an error row (metrics NaN) and return it."""
-    row.update({k: float("nan") for k in METRIC_COLUMNS})
-    row.update(status="error", error_code=code, error=message, pred_hash="")
-    return row
-
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")

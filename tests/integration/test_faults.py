@@ -128,7 +128,7 @@ def test_unsatisfiable_workers_fail_at_once_with_what_is_needed(ray_cluster, syn
 def test_interrupted_evaluation_keeps_the_previous_outputs(ray_cluster, synthetic_set, tiny_model_dir, tmp_path,
                                                            monkeypatch):
     from sa2va_ray.evaluate import pipeline
-    from sa2va_ray.evaluate.predictor import empty_row, mark_error
+    from sa2va_ray.evaluate.table import empty_row, mark_error
 
     sys.path.insert(0, str(REPO / "jobs"))
     import evaluate  # jobs/evaluate.py

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sa2va_ray.evaluate.compare import compare_tables, find_eval_dir, format_comparison, write_comparison
-from sa2va_ray.evaluate.predictor import empty_row, mark_error
+from sa2va_ray.evaluate.table import empty_row, mark_error
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -11,27 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
-from sa2va_ray.evaluate.predictor import (
+from sa2va_ray.evaluate.overlays import OVERLAY_COLOURS, OverlaySelector, compose_overlay, write_overlays
+from sa2va_ray.evaluate.predictor import Sa2VAPredictor
+from sa2va_ray.evaluate.report import (
+    format_summary_markdown,
+    plot_dice_histogram,
+    summarise_samples,
+    write_summary_json,
+)
+from sa2va_ray.evaluate.table import (
     OUTPUT_COLUMNS,
     PACKED_COLUMN,
-    Sa2VAPredictor,
     empty_row,
     hash_mask,
     mark_error,
+    order_columns,
     pack_mask,
     unpack_mask,
-)
-from sa2va_ray.evaluate.report import (
-    OVERLAY_COLOURS,
-    OverlaySelector,
-    compose_overlay,
-    format_summary_markdown,
-    order_columns,
-    plot_dice_histogram,
-    summarise_samples,
-    write_overlays,
     write_sample_tables,
-    write_summary_json,
 )
 
 # ------------------------------------------------------------------------------------------------ predictor rows
