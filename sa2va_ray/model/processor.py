@@ -188,18 +188,22 @@ class Sa2VAProcessor:
 
     # --------------------------------------------------------------- batches
     def collate_train(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """A training batch.
+        """A training batch of images and clips, mixed freely.
 
         Args:
-            samples: dicts with `image` (PIL or uint8 array), `masks` (list of bool (H, W) arrays) and `texts`
-                (list of str, one per mask); an optional `id` names the sample in error messages.
+            samples: dicts with `texts` (list of str) and either `image` (PIL or uint8 array) with `masks` (one bool
+                (H, W) array per text), or `frames` (a clip: the frames of one run, one size) with `masks` (per
+                text, one bool (H, W) array per frame); an optional `id` names the sample in error messages. A clip
+                shows the LLM every frame (one tile each) and each text's `[SEG]` drives a mask on every frame, as
+                the official video training does.
 
         Returns:
             input_ids, attention_mask, labels (B, L); pixel_values (T, 3, t, t) for all tiles in order;
-            sam_pixel_values (B, 3, S, S); gt_masks (N, s, s) float in [0, 1]; mask_counts (B,).
-            Raises ValueError naming the sample when masks/texts disagree or the sequence is too long.
+            sam_pixel_values (F, 3, S, S) for every image and frame in order; gt_masks (N, s, s) float in [0, 1],
+            per row per text per frame; mask_counts (B,) texts per row; frame_counts (B,) frames per row (1 for an
+            image). Raises ValueError naming the sample when masks/texts disagree or the sequence is too long.
         """
-        ids_list, labels_list, tiles, sams, masks, counts = [], [], [], [], [], []
+        ids_list, labels_list, tiles, sams, masks, counts, frame_counts = [], [], [], [], [], [], []
         for k, sample in enumerate(samples):
             where = f"sample {k}" + (f" ({sample['id']})" if sample.get("id") is not None else "")
             texts, sample_masks = list(sample.get("texts") or []), list(sample.get("masks") or [])
@@ -207,16 +211,31 @@ class Sa2VAProcessor:
                 raise ValueError(f"{where}: no texts")
             if len(texts) != len(sample_masks):
                 raise ValueError(f"{where}: {len(texts)} texts but {len(sample_masks)} masks")
-            enc = self.encode_image(sample["image"])
-            ids, labels = self.encode_conversation(texts, n_tiles=enc.tiles.shape[0])
+            if sample.get("frames") is not None:
+                frame_tiles, size = self.encode_frames(sample["frames"])
+                n_frames = len(sample["frames"])
+                ids, labels = self.encode_conversation(texts, n_tiles=1, n_frames=n_frames)
+                sam_pixels = [self.sam_input(f) for f in sample["frames"]]
+                per_text = []
+                for i, text_masks in enumerate(sample_masks):
+                    if len(text_masks) != n_frames:
+                        raise ValueError(f"{where}: text {i} has {len(text_masks)} masks for {n_frames} frames")
+                    per_text.append(self.resize_masks(list(text_masks), size, where))
+                mask_t = torch.cat(per_text)
+            else:
+                enc = self.encode_image(sample["image"])
+                frame_tiles, sam_pixels, n_frames = enc.tiles, [enc.sam_pixels], 1
+                ids, labels = self.encode_conversation(texts, n_tiles=enc.tiles.shape[0])
+                mask_t = self.resize_masks(sample_masks, enc.size, where)
             if len(ids) > self.config.max_length:
                 raise ValueError(f"{where}: {len(ids)} tokens > max_length {self.config.max_length}")
             ids_list.append(ids)
             labels_list.append(labels)
-            tiles.append(enc.tiles)
-            sams.append(enc.sam_pixels)
-            masks.append(self.resize_masks(sample_masks, enc.size, where))
+            tiles.append(frame_tiles)
+            sams += sam_pixels
+            masks.append(mask_t)
             counts.append(len(texts))
+            frame_counts.append(n_frames)
         input_ids = self._pad(ids_list, self.ids["pad"])
         return {
             "input_ids": input_ids,
@@ -226,6 +245,7 @@ class Sa2VAProcessor:
             "sam_pixel_values": torch.stack(sams),
             "gt_masks": torch.cat(masks),
             "mask_counts": torch.tensor(counts, dtype=torch.long),
+            "frame_counts": torch.tensor(frame_counts, dtype=torch.long),
         }
 
     def collate_predict(

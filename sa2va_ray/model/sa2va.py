@@ -31,7 +31,8 @@ class Sa2VAOutput(ModelOutput):
 
     loss: weighted total (None without labels/masks); loss_mask (BCE), loss_dice, loss_lm: unweighted terms.
     mask_logits: (N, s, s) low-res logits, one per `[SEG]` in batch order; iou_scores: (N,) predicted IoU of
-    the kept mask; seg_image_index: (N,) which batch row each `[SEG]` belongs to.
+    the kept mask; seg_image_index: (N,) which SAM2 image each mask is on (the batch row for images; a clip's
+    rows hold one SAM2 image per frame).
     """
 
     loss: torch.Tensor | None = None
@@ -167,6 +168,7 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         labels: torch.Tensor | None = None,
         gt_masks: torch.Tensor | None = None,
         mask_counts: torch.Tensor | None = None,
+        frame_counts: torch.Tensor | None = None,
         **kwargs,
     ) -> Sa2VAOutput:
         """Training / teacher-forced forward.
@@ -174,10 +176,12 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         Args:
             input_ids, attention_mask: (B, L) from `Sa2VAProcessor`.
             pixel_values: (T, 3, t, t) InternVL tiles of all images in order.
-            sam_pixel_values: (B, 3, S, S) SAM2 inputs.
+            sam_pixel_values: (F, 3, S, S) SAM2 inputs: one per image, one per frame of a clip, in row order.
             labels: (B, L) LM targets (IGNORE_INDEX outside answers); enables `loss_lm`.
             gt_masks: (N, s, s) targets in [0, 1], one per `[SEG]`; enables the mask losses.
-            mask_counts: (B,) masks per image, checked against the `[SEG]` tokens of each row.
+            mask_counts: (B,) texts per row, checked against the `[SEG]` tokens of each row.
+            frame_counts: (B,) SAM2 images per row (frames of a clip; default 1): each `[SEG]` of a row drives a
+                mask on each of them, with the same prompt and no memory, as the official video training.
 
         Returns:
             Sa2VAOutput with the weighted `loss` and each unweighted term.
@@ -198,16 +202,25 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
             )
 
         seg = input_ids == cfg.seg_token_id  # (B, L)
-        image_index = seg.nonzero()[:, 0]  # (N,)
+        seg_row = seg.nonzero()[:, 0]  # (N,) batch row of each [SEG]
+        # each [SEG] drives a mask on every SAM2 image of its row: one for an image, one per frame for a clip
+        counts = frame_counts.to(seg_row.device) if frame_counts is not None else torch.ones_like(seg[:, 0],
+                                                                                                 dtype=torch.long)
+        first = torch.cumsum(counts, 0) - counts  # (B,) first SAM2 image of each row
+        per_seg = counts[seg_row]  # (N,)
+        seg_index = torch.repeat_interleave(torch.arange(len(seg_row), device=seg_row.device), per_seg)  # (M,)
+        offset = torch.arange(len(seg_index), device=seg_row.device) - torch.repeat_interleave(
+            torch.cumsum(per_seg, 0) - per_seg, per_seg)
+        image_index = first[seg_row][seg_index] + offset  # (M,) SAM2 image of each mask
         mask_logits = ious = None
         if sam_pixel_values is not None and image_index.numel() > 0:
-            prompts = self.text_hidden_fcs(hidden[seg])  # (N, C)
+            prompts = self.text_hidden_fcs(hidden[seg])[seg_index]  # (M, C)
             features = self.encode_sam2_images(sam_pixel_values)
             mask_logits, ious = self.decode_masks(features, prompts, image_index)
 
         loss_mask = loss_dice = None
         if gt_masks is not None:
-            self._check_mask_counts(seg, gt_masks, mask_counts)
+            self._check_mask_counts(seg, gt_masks, mask_counts, counts)
             if mask_logits is None:  # no [SEG] in the batch: keep the graph connected, contribute zero
                 loss_mask = loss_dice = hidden.sum() * 0.0
             else:
@@ -226,15 +239,18 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         )
 
     @staticmethod
-    def _check_mask_counts(seg: torch.Tensor, gt_masks: torch.Tensor, mask_counts: torch.Tensor | None) -> None:
+    def _check_mask_counts(seg: torch.Tensor, gt_masks: torch.Tensor, mask_counts: torch.Tensor | None,
+                           frame_counts: torch.Tensor) -> None:
         per_row = seg.sum(dim=1)  # (B,)
         if mask_counts is not None:
             bad = (per_row != mask_counts.to(per_row.device)).nonzero()[:, 0].tolist()
             if bad:
                 detail = ", ".join(f"row {i}: {int(per_row[i])} [SEG] vs {int(mask_counts[i])} masks" for i in bad)
                 raise ValueError(f"[SEG] tokens and masks disagree ({detail})")
-        if int(per_row.sum()) != gt_masks.shape[0]:
-            raise ValueError(f"{int(per_row.sum())} [SEG] tokens in the batch but {gt_masks.shape[0]} masks")
+        expected = int((per_row * frame_counts.to(per_row.device)).sum())
+        if expected != gt_masks.shape[0]:
+            raise ValueError(f"{int(per_row.sum())} [SEG] tokens over their frames need {expected} masks, the batch "
+                             f"has {gt_masks.shape[0]}")
 
     # ------------------------------------------------------------------ io
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: str | int = "5GB", **kwargs) -> None:

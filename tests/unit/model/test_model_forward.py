@@ -99,7 +99,7 @@ def test_seg_and_mask_count_mismatch_raises(tiny_model, vessel_samples):
         tiny_model(**batch)
     batch["mask_counts"] = None
     batch["gt_masks"] = batch["gt_masks"][:1]
-    with pytest.raises(ValueError, match="2 \\[SEG\\] tokens in the batch but 1 masks"):
+    with pytest.raises(ValueError, match="2 \\[SEG\\] tokens over their frames need 2 masks, the batch has 1"):
         tiny_model(**batch)
 
 
@@ -122,3 +122,33 @@ def test_training_step_is_fast(lora_model, vessel_samples):
         times.append(time.process_time() - start)
     # about 0.08 CPU-second per step on one thread once warm (the first step builds oneDNN kernels)
     assert sorted(times[1:])[2] < 1.0, times
+
+
+def test_clips_and_images_mix_in_one_batch(tiny_model, vessel_samples):
+    """A clip shows the LLM all its frames and its [SEG] drives a mask on each frame, each decoded on its own with
+    the same prompt (the official video training); an image beside it in the batch is unchanged by its presence."""
+    image = vessel_samples(1, seed=1)[0]
+    frames = vessel_samples(3, seed=2)
+    clip = {"id": "run", "frames": [f["image"] for f in frames], "texts": ["vessel"],
+            "masks": [[f["masks"][0] for f in frames]]}
+    batch = tiny_model.processor.collate_train([image, clip])
+    assert batch["frame_counts"].tolist() == [1, 3] and batch["sam_pixel_values"].shape[0] == 4
+    assert batch["gt_masks"].shape[0] == 4 and batch["pixel_values"].shape[0] == 1 + 3
+    with torch.no_grad():
+        out = tiny_model(**batch)
+        alone = tiny_model(**tiny_model.processor.collate_train([image]))
+    assert out.seg_image_index.tolist() == [0, 1, 2, 3] and out.mask_logits.shape[0] == 4
+    assert torch.isfinite(out.loss) and torch.allclose(out.mask_logits[0], alone.mask_logits[0], atol=1e-5)
+    # the clip's three masks: one [SEG] state, three frames
+    seg = batch["input_ids"][1] == tiny_model.config.seg_token_id
+    assert int(seg.sum()) == 1
+    with torch.no_grad():
+        hidden = tiny_model.mllm.model(input_ids=batch["input_ids"][1:], attention_mask=batch["attention_mask"][1:],
+                                       pixel_values=batch["pixel_values"][1:]).last_hidden_state[0]
+        prompt = tiny_model.text_hidden_fcs(hidden[seg]).expand(3, -1)
+        features = tiny_model.encode_sam2_images(batch["sam_pixel_values"][1:])
+        logits, _ = tiny_model.decode_masks(features, prompt, torch.arange(3))
+    assert torch.allclose(out.mask_logits[1:], logits, atol=1e-4)
+    bad = dict(clip, masks=[[frames[0]["masks"][0]]])
+    with pytest.raises(ValueError, match=r"sample 0 \(run\): text 0 has 1 masks for 3 frames"):
+        tiny_model.processor.collate_train([bad])
