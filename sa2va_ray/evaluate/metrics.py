@@ -325,3 +325,50 @@ def compute_sample_metrics(pred: np.ndarray, gt: np.ndarray, vessel: bool = True
     if vessel:
         out.update(vessel_metrics(p, g))
     return out
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """Boundary F-measure of one pair of 2-D masks, as video-segmentation benchmarks (DAVIS) report it.
+
+    A boundary pixel of one mask matches when the other mask's boundary lies within a tolerance of
+    `bound_th` x the image diagonal (rounded up; `bound_th >= 1` is taken in pixels); F is the harmonic mean of the
+    matched fractions. Both masks empty: 1; exactly one empty: 0. Boundaries are the mask pixels with a 4-neighbour
+    outside the mask or on the image edge (`_boundary`).
+    """
+    p, g = (m[0] for m in _binarise_pair(pred, gt))
+    bp, bg = _boundary(p), _boundary(g)
+    n_p, n_g = int(bp.sum()), int(bg.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    tol = bound_th if bound_th >= 1 else float(np.ceil(bound_th * np.hypot(*p.shape)))
+    near_g = ndimage.distance_transform_edt(~bg) <= tol
+    near_p = ndimage.distance_transform_edt(~bp) <= tol
+    precision, recall = (bp & near_g).sum() / n_p, (bg & near_p).sum() / n_g
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+def run_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
+    """Per-run video metrics of a run's frames in order.
+
+    Returns:
+        ``j`` (mean IoU), ``f`` (mean boundary F), ``jf`` (their mean), ``temporal_stability`` (mean |IoU of
+        consecutive predicted masks - IoU of the same ground-truth pair|: 0 when the prediction changes from frame
+        to frame exactly as the truth does; NaN for one frame), ``worst_frame`` (position of the lowest IoU) and
+        ``worst_j``.
+    """
+    if len(preds) != len(gts) or not preds:
+        raise ValueError(f"need the same positive number of predicted and true frames, got {len(preds)}, {len(gts)}")
+    pred, gt = np.stack(preds), np.stack(gts)
+    j = binary_metrics(pred, gt)["iou"]  # (T,)
+    f = np.array([boundary_f(a, b) for a, b in zip(pred, gt)])
+    if len(pred) > 1:
+        consecutive_pred = binary_metrics(pred[:-1], pred[1:])["iou"]
+        consecutive_gt = binary_metrics(gt[:-1], gt[1:])["iou"]
+        stability = float(np.abs(consecutive_pred - consecutive_gt).mean())
+    else:
+        stability = float("nan")
+    worst = int(np.argmin(j))
+    return {"j": float(j.mean()), "f": float(f.mean()), "jf": float((j.mean() + f.mean()) / 2),
+            "temporal_stability": stability, "worst_frame": worst, "worst_j": float(j[worst])}
