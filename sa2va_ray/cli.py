@@ -140,5 +140,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         check_reachable(address)
         ray.init(address=address, log_to_driver=True)
     else:
+        from sa2va_ray.train.console import ray_worker_pythonwarnings
+
         log.info("starting a local Ray (set RAY_ADDRESS to use a cluster)")
+        os.environ["PYTHONWARNINGS"] = ray_worker_pythonwarnings()  # Ray's own actors inherit it (known warnings)
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)

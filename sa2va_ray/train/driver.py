@@ -11,6 +11,7 @@ from typing import Any
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_to_dict
 from sa2va_ray.datasets import Splits, prepare_splits
+from sa2va_ray.train.console import RAY_TRAIN_CONSOLE_LEVEL, quiet_known_warnings, select_deepspeed_accelerator
 
 log = logging.getLogger("sa2va_ray.train")
 
@@ -37,6 +38,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own per-step progress lines instead of Ray Data's bars in worker logs
+    ctx.print_on_execution_start = False  # nor its plan, per epoch: the [data] lines say what is trained on
     if cfg.data.deterministic:  # rows reach the ranks in input order: reproducible batches for a given seed
         ctx.execution_options.preserve_order = True
     sc = cfg.scaling
@@ -57,6 +59,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
         )
     if "://" not in run_config.storage_path:
         run_dir = Path(run_config.storage_path) / run_config.name
@@ -91,6 +94,8 @@ def run_training_driver(cfg: Config) -> TrainOutcome:
     from sa2va_ray.export.exporter import export_checkpoint
     from sa2va_ray.train.resources import check_training_fits
 
+    select_deepspeed_accelerator(cfg.scaling.use_gpu)  # the export below imports DeepSpeed in this process
+    quiet_known_warnings()
     splits = prepare_splits(cfg)
     print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
     if not splits.train:

@@ -20,6 +20,12 @@ from sa2va_ray.train.checkpoint import (
     load_checkpoint_per_worker,
     save_checkpoint_per_worker,
 )
+from sa2va_ray.train.console import (
+    known_prints_dropped,
+    quiet_known_warnings,
+    quiet_ray_train_reports,
+    select_deepspeed_accelerator,
+)
 from sa2va_ray.train.health import HealthMonitor, TrainingHealthError
 from sa2va_ray.train.progress import ProgressLogger
 from sa2va_ray.train.stream import StreamPlan, decode_batch, prefetched
@@ -92,6 +98,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _train_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = config_from_dict(loop_config["cfg"])
+    select_deepspeed_accelerator(cfg.scaling.use_gpu)  # before DeepSpeed's first import in this process
+    quiet_known_warnings()
+    quiet_ray_train_reports()
     import deepspeed
     import ray.train
     import torch.distributed as dist
@@ -100,13 +110,11 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
     from sa2va_ray.model.groups import module_group
     from sa2va_ray.train.deepspeed_config import build_deepspeed_config
 
-    cfg = config_from_dict(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     is_main = rank == 0
     _record_placement(Path(cfg.output_dir), rank, world)
     logging.getLogger("sa2va_ray").setLevel(logging.INFO if is_main else logging.WARNING)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is enough: ours
     _seed_everything(cfg.train.seed)
 
     model = build_base_model(cfg)
@@ -120,8 +128,9 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    with known_prints_dropped():  # DeepSpeed prints "... built successfully" for its CPU collective op, per rank
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     device = engine.device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)
 

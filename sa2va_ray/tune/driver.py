@@ -35,6 +35,7 @@ def train_driver_fn(params: dict[str, Any], base: dict[str, Any], splits: Splits
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from sa2va_ray.train.console import RAY_TRAIN_CONSOLE_LEVEL
     from sa2va_ray.train.driver import build_trainer
 
     cfg = trial_config(base, params, tune.get_context().get_trial_id())
@@ -46,6 +47,7 @@ def train_driver_fn(params: dict[str, Any], base: dict[str, Any], splits: Splits
             num_to_keep=1, checkpoint_score_attribute=cfg.tune.metric, checkpoint_score_order=cfg.tune.mode
         ),
         failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+        logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
     )
     result = build_trainer(cfg, splits, run_config=run_config).fit()
     if result.error:
