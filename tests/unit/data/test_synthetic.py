@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -64,3 +65,72 @@ def test_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((out / "annotations.json").read_text())) == 6
     assert len(list((out / "images").glob("*.jpg"))) == 6
+
+
+# ---- runs that need memory: cardiac motion, contrast wash-in, a catheter outside the mask ----
+
+
+def _vessel_contrast(f) -> float:
+    """Mean grey level of the background (neither vessel nor catheter) minus that of the vessels."""
+    return float(f.image[~f.mask & ~f.distractor].mean() - f.image[f.mask].mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frames_of_a_run_differ_by_motion_of_one_tree(seed):
+    frames = synthesize_patient(np.random.default_rng(seed), 128, frames=8)
+    ious = [_iou(a.mask, b.mask) for a, b in zip(frames, frames[1:], strict=False)]
+    assert all(0.1 < v < 0.95 for v in ious)  # the tree moves between frames, but stays the same tree
+    centroids = np.array([np.argwhere(f.mask).mean(0) for f in frames])  # (F, 2)
+    assert np.ptp(centroids, axis=0).max() > 1.0  # the vessel tree travels over the run
+    for f in frames:  # the polygons still give the exact mask of every frame
+        assert _iou(rasterize_polygons(f.polygons, 128, 128), f.mask) >= 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contrast_washes_in(seed):
+    frames = synthesize_patient(np.random.default_rng(seed), 128, frames=9)  # wash-in: 3 frames
+    assert [f.contrast for f in frames[3:]] == [1.0] * 6 and frames[0].contrast < frames[1].contrast < 1.0
+    first, late = _vessel_contrast(frames[0]), min(_vessel_contrast(f) for f in frames[4:])
+    assert first < 0.5 * late and late > 40  # faint at first, then full; the mask is the whole tree throughout
+    assert all(f.mask.mean() > 0.02 for f in frames[:3])
+
+
+def test_catheter_is_visible_and_outside_the_mask():
+    on_vessels = []
+    for seed in range(8):
+        for f in synthesize_patient(np.random.default_rng(seed), 128, frames=3):
+            only = f.distractor & ~f.mask  # catheter pixels off the vessels
+            assert only.sum() > 20
+            polygons = rasterize_polygons(f.polygons, 128, 128)
+            assert (polygons & only).sum() <= 0.05 * only.sum()  # the annotation does not cover the catheter
+            background = f.image[~f.mask & ~f.distractor].mean()
+            assert abs(f.image[only].mean() - background) > 25  # a bright or dark line, mistakable for a vessel
+            on_vessels.append((f.distractor & f.mask).sum() / f.distractor.sum())
+    assert np.median(on_vessels) < 0.1  # it runs beside the tree (it may cross it, or reach along the root)
+
+
+def test_catheter_moves_and_can_be_switched_off():
+    frames = synthesize_patient(np.random.default_rng(5), 128, frames=4)
+    assert not all((f.distractor == frames[0].distractor).all() for f in frames[1:])
+    plain = synthesize_patient(np.random.default_rng(5), 128, frames=2, catheter=False, wash_in=0)
+    assert all(f.distractor is None and f.contrast == 1.0 for f in plain)
+
+
+def test_written_frames_form_one_run_per_patient(tmp_path):
+    from sa2va_ray.data.runs import discover_runs
+
+    records = json.loads(generate_synthetic_set(tmp_path, patients=3, frames=4, size=48, seed=2).read_text())
+    assert all(re.search(r"_frame_\d{6}\.jpg$", r["image"]) for r in records)
+    runs = discover_runs(records)
+    assert len(runs) == 3 and {len(r) for r in runs} == {4} and not any(r.gaps or r.warnings for r in runs)
+    assert len({r.patient for r in runs}) == 3
+    for r in runs:
+        assert list(r.frame_numbers) == list(range(r.frame_numbers[0], r.frame_numbers[0] + 4))
+
+
+def test_moving_tiny_sets_pass_validation(tmp_path):
+    from sa2va_ray.data.validate import validate_annotations
+
+    for seed in range(4):  # at 32 px the root's outline is near the 10% border tolerance while the heart moves
+        ann = generate_synthetic_set(tmp_path / str(seed), patients=3, frames=4, size=32, seed=seed)
+        assert validate_annotations(ann, ann.parent / "images").problems == []
