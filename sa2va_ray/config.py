@@ -198,6 +198,9 @@ class TrainSection:
     """Passes over the training split at most."""
     micro_batch_size: int = 2
     """Samples per worker per forward."""
+    clip_frames: int = 0
+    """k >= 2 adds clips to the stream: k consecutive frames of one run with one text, the LLM sees all k and the
+    `[SEG]` drives a mask on each (official video training); images stay in the stream. 0: images only."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     lr: float = 2e-4
@@ -239,6 +242,8 @@ class TrainSection:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_frames == 1 or self.clip_frames < 0:
+            raise ConfigError(f"train.clip_frames must be 0 (images only) or >= 2, got {self.clip_frames}")
 
 
 @dataclass

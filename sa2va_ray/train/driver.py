@@ -32,6 +32,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from sa2va_ray.train.clips import build_clips
     from sa2va_ray.train.resume import repair_run_dir
     from sa2va_ray.train.stream import build_train_stream
     from sa2va_ray.train.worker import train_fn_per_worker
@@ -68,8 +69,12 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
         repair_run_dir(run_dir)
         # A resume unpickles these on every worker: refuse a code-carrying file first
         check_checkpoint_files(run_dir, "checkpoint_*/**/*.pt", skip_unreadable=True)
-    train_ds, plan = build_train_stream(cfg, splits.train)
-    loop_config = {"cfg": config_to_dict(cfg), "train_samples": splits.train, "val_samples": splits.val,
+    clips = build_clips(splits.train, cfg.train.clip_frames)
+    if cfg.train.clip_frames:
+        print(f"[data] {len(clips)} clips of {cfg.train.clip_frames} frames join the training stream", flush=True)
+    train_ds, plan = build_train_stream(cfg, splits.train, clips)
+    loop_config = {"cfg": config_to_dict(cfg), "train_samples": splits.train, "train_clips": clips,
+                   "val_samples": splits.val,
                    "images_dir": splits.images_dir, "stream": plan.to_dict(), "aliases": splits.aliases}
     return TorchTrainer(
         train_fn_per_worker,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import Sample
 from sa2va_ray.data.decode import decode_sample
+from sa2va_ray.train.clips import Clip, decode_clip
 
 MAX_BLOCKS = 4096  # input blocks of the whole stream
 
@@ -53,10 +54,10 @@ class StreamPlan:
         return asdict(self)
 
 
-def plan_stream(cfg: Config, samples: list[Sample]) -> StreamPlan:
+def plan_stream(cfg: Config, samples: list[Sample], clips: Sequence[Clip] = ()) -> StreamPlan:
     """Enough epochs for ``train.max_steps`` (one spare for rows lost to uneven splits), at most ``train.epochs``."""
     t = cfg.train
-    rows_per_epoch = sum(len(s.texts) for s in samples)
+    rows_per_epoch = sum(len(s.texts) for s in samples) + len(clips)
     rows_per_step = t.micro_batch_size * t.grad_accum * cfg.scaling.num_workers
     if rows_per_epoch < rows_per_step:
         raise ValueError(
@@ -67,26 +68,30 @@ def plan_stream(cfg: Config, samples: list[Sample]) -> StreamPlan:
     return StreamPlan(epochs=min(t.epochs, needed), rows_per_epoch=rows_per_epoch, rows_per_step=rows_per_step)
 
 
-def stream_rows(samples: list[Sample], epochs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of every epoch, each epoch a new shuffle of all (record, text) pairs, concatenated.
+def stream_rows(
+    samples: list[Sample], epochs: int, seed: int, clips: Sequence[Clip] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of every epoch, each epoch a new shuffle of all (record, text) pairs and clips, concatenated.
 
-    A row is two integers: ``sample`` (position in ``samples``) and ``text``. The stream stays small however many
-    epochs it holds (8 bytes a row); the samples themselves reach every worker once, in the train loop config.
+    A row is two integers: ``sample`` (position in ``samples``; ``-c - 1`` for clip ``c``) and ``text``. The
+    stream stays small however many epochs it holds (8 bytes a row); the samples and clips themselves reach every
+    worker once, in the train loop config.
     """
-    sample = np.array([i for i, s in enumerate(samples) for _ in s.texts], dtype=np.int32)
-    text = np.array([t for s in samples for t in range(len(s.texts))], dtype=np.int32)
+    sample = np.array([i for i, s in enumerate(samples) for _ in s.texts] + [-c - 1 for c in range(len(clips))],
+                      dtype=np.int32)
+    text = np.array([t for s in samples for t in range(len(s.texts))] + [0] * len(clips), dtype=np.int32)
     orders = [np.random.default_rng(seed + epoch).permutation(len(sample)) for epoch in range(epochs)]
     order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
     return sample[order], text[order]
 
 
-def build_train_stream(cfg: Config, samples: list[Sample]):
-    """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as (sample, text) rows."""
+def build_train_stream(cfg: Config, samples: list[Sample], clips: Sequence[Clip] = ()):
+    """``(ray.data.Dataset, StreamPlan)`` for a training run: all its epochs as (sample, text) rows (and clips)."""
     import pyarrow as pa
     import ray.data
 
-    plan = plan_stream(cfg, samples)
-    sample, text = stream_rows(samples, plan.epochs, cfg.train.seed)
+    plan = plan_stream(cfg, samples, clips)
+    sample, text = stream_rows(samples, plan.epochs, cfg.train.seed, clips)
     table = pa.table({"sample": sample, "text": text})
     per_block = max(plan.rows_per_step, math.ceil(len(sample) / MAX_BLOCKS))
     blocks = [table.slice(start, per_block) for start in range(0, len(sample), per_block)]
@@ -94,7 +99,8 @@ def build_train_stream(cfg: Config, samples: list[Sample]):
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], samples: list[Sample], images_dir: str, allow_symlinks_outside: bool = False
+    batch: dict[str, np.ndarray], samples: list[Sample], images_dir: str, allow_symlinks_outside: bool = False,
+    clips: Sequence[Clip] = (),
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """A micro-batch of stream rows -> the processor's training samples, and one message per row that failed.
 
@@ -102,6 +108,13 @@ def decode_batch(
     """
     out, errors = [], []
     for i, t in zip(batch["sample"].tolist(), batch["text"].tolist()):
+        if i < 0:
+            clip = clips[-i - 1]
+            try:
+                out.append(decode_clip(clip, samples, images_dir, allow_symlinks_outside))
+            except Exception as e:  # changed since validation: this clip is left out of its micro-batch
+                errors.append(f"clip of run {clip.run_id}: cannot decode: {type(e).__name__}: {e}")
+            continue
         s = samples[i]
         one = Sample(index=s.index, image=s.image, texts=[s.texts[t]], masks=[s.masks[t]])
         try:

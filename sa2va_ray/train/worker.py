@@ -173,7 +173,8 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[train] skipping the {skip} micro-batches per rank that steps 1-{step} used", flush=True)
 
     def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
-        samples, errors = decode_batch(batch, train_samples, images_dir, cfg.data.allow_symlinks_outside)
+        samples, errors = decode_batch(batch, train_samples, images_dir, cfg.data.allow_symlinks_outside,
+                                       loop_config.get("train_clips") or ())
         if not samples:
             raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
         return processor.collate_train(samples), errors
