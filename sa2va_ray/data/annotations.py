@@ -66,6 +66,7 @@ PROBLEM_CODES = (
     "too_long",
     "count_mismatch",
     "duplicate_record",
+    "duplicate_frame",
 )
 
 

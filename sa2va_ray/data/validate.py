@@ -7,8 +7,9 @@ Every problem gets its own code (see :data:`sa2va_ray.data.annotations.PROBLEM_C
 header), ``bad_polygon`` (also zero-area polygons), ``bad_coordinates``, ``out_of_bounds`` (a coordinate more
 than ``oob_tolerance`` -- 10% -- of the image size beyond its border; closer points are simply clipped),
 ``empty_mask`` (rasterises to zero pixels), ``empty_text``, ``reserved_token`` and ``too_long`` (the processor's
-own text rules, see :mod:`sa2va_ray.data.text_rules`), ``count_mismatch`` and ``duplicate_record`` (same image,
-texts and masks as an earlier record, which is kept).
+own text rules, see :mod:`sa2va_ray.data.text_rules`), ``count_mismatch``, ``duplicate_record`` (same image,
+texts and masks as an earlier record, which is kept) and ``duplicate_frame`` (another image of the same run already
+has this frame number; the first in file order keeps it, see :mod:`sa2va_ray.data.runs`).
 A record may have several problems; all are listed. Records with any problem are excluded and counted.
 Validation applies every check a later stage applies, so a record that passes it never crashes a worker.
 
@@ -18,9 +19,14 @@ Each distinct image is probed once (records often share images): JPEGs are decod
 reads the whole stream and so detects truncation, other formats are decoded once; pixels are not kept.
 Duplicates are found with one hash per record, so the cost grows linearly with the number of records.
 
+The report also describes the runs (cine sequences) of the valid records (:func:`sa2va_ray.data.runs.discover_runs`):
+how many, frames per run (min/median/max), runs with gaps in their frame numbers, runs of one frame (used as images),
+and run-level warnings that exclude nothing: ``mixed_sizes`` (the run is split per image size) and
+``mixed_patients``.
+
 Command line::
 
-    python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json]
+    python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json] [--run-regex R]
 
 exits 0, or 1 with ``--strict`` when any record has a problem (2 when the annotations file itself is unusable:
 missing, not JSON, not a list, or an empty list). ``--model DIR`` adds the length check with that model's
@@ -35,7 +41,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +66,8 @@ from sa2va_ray.data.images import (
     open_image_header,
     resolve_image_path,
 )
-from sa2va_ray.data.pseudonymise import pseudonymise_name
+from sa2va_ray.data.pseudonymise import pseudonymise_name, pseudonymise_text
+from sa2va_ray.data.runs import Run, discover_runs, duplicate_frame_problems, summarize_runs
 from sa2va_ray.data.text_rules import TextRules
 
 logger = logging.getLogger(__name__)
@@ -112,11 +119,13 @@ class ValidationReport:
         records: Number of records in the file.
         samples: The valid records, parsed (policy applied), in file order.
         problems: Every problem of every record, in file order.
+        runs: The runs of the valid samples (see :mod:`sa2va_ray.data.runs`), with their warnings.
     """
 
     records: int
     samples: list[Sample]
     problems: list[Problem]
+    runs: list[Run] = field(default_factory=list)
 
     @property
     def valid(self) -> int:
@@ -133,8 +142,16 @@ class ValidationReport:
         c = Counter(p.problem for p in self.problems)
         return {code: c[code] for code in PROBLEM_CODES if c[code]}
 
+    def run_summary(self, salt: str | None = None) -> dict[str, Any]:
+        """The run summary of :func:`sa2va_ray.data.runs.summarize_runs`; with ``salt``, names in it are hidden."""
+        summary = summarize_runs(self.runs)
+        if salt:
+            summary["warnings"] = [{k: pseudonymise_text(v, salt) for k, v in w.items()} for w in summary["warnings"]]
+        return summary
+
     def to_dict(self, salt: str | None = None) -> dict[str, Any]:
-        """Returns the JSON report ``{"records", "valid", "problems": [{"index", "image", "problem", "message"}]}``.
+        """Returns the JSON report ``{"records", "valid", "problems": [{"index", "image", "problem", "message"}],
+        "runs": {...}}`` (``runs``: see :meth:`run_summary`).
 
         Args:
             salt: When given, patient names/ids in image names and messages are replaced by salted hashes.
@@ -143,6 +160,7 @@ class ValidationReport:
             "records": self.records,
             "valid": self.valid,
             "problems": [_pseudonymise_problem(p, salt).to_dict() for p in self.problems],
+            "runs": self.run_summary(salt),
         }
 
     def format(self, max_problems: int = 20, salt: str | None = None) -> str:
@@ -158,7 +176,22 @@ class ValidationReport:
             for p in shown:
                 p = _pseudonymise_problem(p, salt)
                 lines.append(f"  record {p.index:>5}  {p.image or '<no image>'}  {p.problem}: {p.message}")
+        lines += self._format_runs(max_problems, salt)
         return "\n".join(lines)
+
+    def _format_runs(self, max_warnings: int, salt: str | None) -> list[str]:
+        r = self.run_summary(salt)
+        if not r["runs"]:
+            return []
+        fpr = r["frames_per_run"]
+        lines = [f"runs (valid records): {r['runs']}   frames per run min/median/max: {fpr['min']}/{fpr['median']:g}/"
+                 f"{fpr['max']}   with gaps: {r['runs_with_gaps']} ({r['missing_frames']} frame number(s) missing)   "
+                 f"of one frame (used as images): {r['single_frame_runs']}"]
+        shown = r["warnings"][:max_warnings]
+        if shown:
+            lines.append(f"run warnings ({len(r['warnings'])}; nothing excluded):")
+            lines += [f"  {w['warning']}: {w['message']}" for w in shown]
+        return lines
 
 
 def _pseudonymise_problem(p: Problem, salt: str | None) -> Problem:
@@ -264,6 +297,7 @@ def validate_annotations(
     oob_tolerance: float = DEFAULT_OOB_TOLERANCE,
     text_rules: TextRules | None = None,
     allow_symlinks_outside: bool = False,
+    run_regex: str | None = None,
 ) -> ValidationReport:
     """Validates every record of an annotations file against its images; never raises for bad records.
 
@@ -275,14 +309,17 @@ def validate_annotations(
         text_rules: The model's text rules (reserved tokens and, when a model is known, ``max_length``);
             default: reserved tokens only.
         allow_symlinks_outside: Accept images whose symlinks lead out of ``images_dir``.
+        run_regex: Run regex of :mod:`sa2va_ray.data.runs` (``data.run_regex``); None or "": the default.
 
     Returns:
-        The report with the valid samples and all problems.
+        The report with the valid samples, all problems and the runs of the valid samples.
 
     Raises:
         AnnotationFileError: If the file itself is unusable (missing, not JSON, not a list, an empty list).
+        ValueError: If ``run_regex`` lacks the groups ``run`` and ``frame`` or does not compile.
     """
     records = annotations if isinstance(annotations, list) else load_annotation_list(annotations)
+    frame_clash = duplicate_frame_problems(records, run_regex)
     rules = text_rules or TextRules()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -299,6 +336,8 @@ def validate_annotations(
             dup = first_of.setdefault(_digest(rec), i)
             if dup != i:
                 probs.append(Problem(i, name, "duplicate_record", f"same image, texts and masks as record {dup}"))
+        if i in frame_clash:
+            probs.append(Problem(i, name, "duplicate_frame", frame_clash[i][1]))
         info = None
         if isinstance(image, str) and image.strip():
             info = _image_problem(image, images_dir, infos, max_pixels, allow_symlinks_outside)
@@ -312,7 +351,9 @@ def validate_annotations(
         problems.extend(probs)
         if not probs and sample is not None:
             samples.append(sample)
-    return ValidationReport(records=len(records), samples=samples, problems=problems)
+    sizes = {s.image: (infos[s.image].height, infos[s.image].width) for s in samples}
+    runs = discover_runs(samples, run_regex, sizes=sizes)
+    return ValidationReport(records=len(records), samples=samples, problems=problems, runs=runs)
 
 
 def load_valid_samples(
@@ -359,6 +400,9 @@ def load_valid_samples(
             report.problems[0].index,
             report.problems[0].message,
         )
+    run_warnings = [w for r in report.runs for w in r.warnings]
+    if run_warnings:
+        logger.warning("%d run warning(s) (nothing excluded); first: %s", len(run_warnings), run_warnings[0].message)
     return report.samples, report
 
 
@@ -379,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="model directory or training checkpoint: also check token lengths with it")
     ap.add_argument("--allow-symlinks-outside", action="store_true",
                     help="accept images whose symlinks lead out of the images directory")
+    ap.add_argument("--run-regex", default="", help="regex with named groups 'run' and 'frame' (default: the run is "
+                    "the name before '_frame_', the frame number after it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     salt = None
@@ -399,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             rules = text_rules_for_model(args.model)
         report = validate_annotations(
             args.annotations, args.images, max_pixels=args.max_pixels, oob_tolerance=args.oob_tolerance,
-            text_rules=rules, allow_symlinks_outside=args.allow_symlinks_outside,
+            text_rules=rules, allow_symlinks_outside=args.allow_symlinks_outside, run_regex=args.run_regex or None,
         )
-    except (AnnotationFileError, FileNotFoundError) as e:
+    except (AnnotationFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"validation of {args.annotations} against {args.images}")

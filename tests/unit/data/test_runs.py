@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from sa2va_ray.data.runs import (
     DEFAULT_RUN_REGEX,
@@ -15,6 +18,8 @@ from sa2va_ray.data.runs import (
     parse_run,
     summarize_runs,
 )
+from sa2va_ray.data.split import split_records
+from sa2va_ray.data.validate import validate_annotations
 
 RUN = "Bai_Hui(0000932433)_1-3_1_051C3E6A"
 
@@ -139,3 +144,66 @@ def test_no_torch_or_ray_import():
     # The package root registers the model (torch), so the module's own import graph is what is checked.
     imported = _imports("sa2va_ray.data.runs")
     assert "re" in imported and not imported & {"torch", "ray", "transformers", "deepspeed"}
+
+
+# ---- runs in the validate report: bad input gives precise messages, never a crash ----
+
+
+def _write_run(images, numbers_sizes: dict[int, int], run: str = RUN) -> list[dict]:
+    """One grayscale image per frame number (square, of the given side) and its record."""
+    records = []
+    for n, side in numbers_sizes.items():
+        Image.fromarray(np.full((side, side), 120, np.uint8), mode="L").save(images / _name(n, run, "png"))
+        records.append({"image": _name(n, run, "png"), "mask": [[2, 2, 12, 2, 12, 12]], "text": ["vessel"]})
+    return records
+
+
+def test_validate_report_splits_mixed_sizes_and_warns(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    records = _write_run(images, {1: 32, 2: 32, 3: 24, 4: 32})
+    report = validate_annotations(records, images)
+    assert report.problems == [] and report.valid == 4  # nothing excluded: every frame is a fine image
+    assert [(r.run_id, r.frame_numbers, r.size) for r in report.runs] == [
+        (RUN, (1, 2, 4), (32, 32)), (f"{RUN}@24x24", (3,), (24, 24))]
+    summary = report.to_dict()["runs"]
+    assert summary["runs"] == 2 and summary["runs_with_gaps"] == 1
+    (w,) = summary["warnings"]
+    assert w["warning"] == "mixed_sizes" and "32x32: frames 1-2, 4; 24x24: frames 3" in w["message"]
+    text = report.format()
+    assert "runs (valid records): 2" in text and "mixed_sizes" in text
+
+
+def test_validate_report_duplicate_numbers_and_single_frames(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    records = _write_run(images, {7: 32, 8: 32}) + _write_run(images, {5: 32}, run="Li(42)_s")
+    Image.fromarray(np.full((32, 32), 90, np.uint8), mode="L").save(images / f"{RUN}_frame_8.png")
+    records.append(dict(records[0], image=f"{RUN}_frame_8.png"))  # frame 8 again, another image
+    report = validate_annotations(records, images)
+    (p,) = report.problems
+    assert (p.index, p.problem) == (3, "duplicate_frame") and f"already the image {_name(8, ext='png')}" in p.message
+    assert {r.run_id: len(r) for r in report.runs} == {RUN: 2, "Li(42)_s": 1}
+    summary = report.to_dict(salt="a-secret-salt-of-16+")["runs"]
+    assert summary["frames_per_run"] == {"min": 1, "median": 1.5, "max": 2} and summary["single_frame_runs"] == 1
+    with pytest.raises(ValueError, match="lacks the named group"):
+        validate_annotations(records, images, run_regex=r"_frame_\d+")
+
+
+def test_pseudonymised_run_warnings_hide_names(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    report = validate_annotations(_write_run(images, {1: 32, 2: 24}), images)
+    dumped = json.dumps(report.to_dict(salt="a-secret-salt-of-16+")) + report.format(salt="a-secret-salt-of-16+")
+    assert "mixed_sizes" in dumped and "Bai_Hui" not in dumped and "0000932433" not in dumped
+
+
+def test_split_keeps_runs_whole(synthetic_set):
+    records = json.loads(synthetic_set.read_text()) + [{"image": _name(n), "mask": [], "text": []} for n in (1, 2, 5)]
+    runs = discover_runs(records)
+    for seed in range(5):
+        result = split_records(records, 0.4, seed)
+        val = {r["image"] for r in result.val}
+        assert result.val and result.train
+        for run in runs:  # every run is wholly in one split
+            assert len({f in val for f in run.frames}) == 1, run.run_id

@@ -59,8 +59,12 @@ def bad_set(tmp_path, files):
     ann = files.records(tmp_path / "annotations.json", records)
     # 22 duplicate_key: JSON text, since a Python dict cannot hold a repeated key
     text = ann.read_text()[:-1] + ', {"image": "good.png", "mask": [[2, 2, 12, 2, 12, 12]], "image": "other.jpg", ' \
-        '"text": ["v"]}]'
-    ann.write_text(text)
+        '"text": ["v"]}'
+    # 23 valid, 24 duplicate_frame: another image with frame number 1 of the run "R(0000000001)_s"
+    for name in ("R(0000000001)_s_frame_000001.png", "R(0000000001)_s_frame_1.png"):
+        files.rgb(images / name)
+        text += f', {{"image": "{name}", "mask": [{json.dumps(SQUARE)}], "text": ["vessel"]}}'
+    ann.write_text(text + "]")
     return ann, images
 
 
@@ -87,6 +91,7 @@ EXPECTED = {
     20: {"too_long"},
     21: {"bad_polygon"},
     22: {"duplicate_key"},
+    24: {"duplicate_frame"},
 }
 
 
@@ -98,20 +103,23 @@ def test_every_problem_code(bad_set):
         got.setdefault(p.index, set()).add(p.problem)
     assert got == EXPECTED
     assert set(report.counts()) == set(PROBLEM_CODES)
-    assert [s.index for s in report.samples] == [0, 1, 2, 3, 11]
-    assert report.records == 23 and report.valid == 5 and report.invalid == 18
+    assert [s.index for s in report.samples] == [0, 1, 2, 3, 11, 23]
+    assert report.records == 25 and report.valid == 6 and report.invalid == 19
     by_index = {p.index: p for p in report.problems}
     assert by_index[15].message.endswith("record 0")
     assert by_index[5].image == "trunc.jpg" and "truncated" in by_index[5].message
+    assert "frame 1 of run R(0000000001)_s is already the image R(0000000001)_s_frame_000001.png (record 23)" in \
+        by_index[24].message
 
 
 def test_report_json_shape_and_text(bad_set):
     report = validate_annotations(*bad_set, text_rules=RULES)
     d = report.to_dict()
-    assert set(d) == {"records", "valid", "problems"}
+    assert set(d) == {"records", "valid", "problems", "runs"}
     assert all(set(p) == {"index", "image", "problem", "message"} for p in d["problems"])
+    assert d["runs"]["runs"] == 6 and d["runs"]["single_frame_runs"] == 6  # 5 loose images, 1 run of 1 frame
     text = report.format(max_problems=3)
-    assert "records: 23" in text and "image_too_large" in text and "first 3 of" in text
+    assert "records: 25" in text and "image_too_large" in text and "first 3 of" in text
 
 
 def test_pseudonymised_report_hides_names(tmp_path, files):
@@ -131,14 +139,14 @@ def test_load_valid_samples_strict_lists_all(bad_set):
     message = str(err.value)
     for index in EXPECTED:
         assert f"record {index} " in message
-    assert len(err.value.report.problems) == 19
+    assert len(err.value.report.problems) == 20
 
 
 def test_load_valid_samples_lenient_warns(bad_set, caplog):
     with caplog.at_level(logging.WARNING, logger="sa2va_ray.data.validate"):
         samples, report = load_valid_samples(*bad_set, strict=False, text_rules=RULES)
-    assert len(samples) == 5 and report.invalid == 18
-    assert "18 of 23 records excluded" in caplog.text and "missing_image=2" in caplog.text
+    assert len(samples) == 6 and report.invalid == 19
+    assert "19 of 25 records excluded" in caplog.text and "missing_image=2" in caplog.text
 
 
 def test_synthetic_set_is_clean(synthetic_set):
@@ -159,9 +167,10 @@ def test_cli_exit_codes_and_json(bad_set, synthetic_set, tmp_path):
     assert lenient.returncode == 0, lenient.stderr
     assert "duplicate_record" in lenient.stdout and "record" in lenient.stdout
     report = json.loads(out.read_text())
-    assert set(report) == {"records", "valid", "problems"}
+    assert set(report) == {"records", "valid", "problems", "runs"}
     # no --model: no length rule, so record 20 is valid here
-    assert report["records"] == 23 and report["valid"] == 6 and len(report["problems"]) == 18
+    assert report["records"] == 25 and report["valid"] == 7 and len(report["problems"]) == 19
+    assert "runs (valid records): 6" in lenient.stdout  # records 0 and 20 are one image
     strict = _cli("--annotations", ann, "--images", images, "--strict")
     assert strict.returncode == 1
     clean = _cli("--annotations", synthetic_set, "--images", synthetic_set.parent / "images", "--strict")
