@@ -65,6 +65,9 @@ class DataSection:
     """Seed of the patient-level split."""
     group_regex: str = ""
     """Regex whose first group is the patient id; empty: the built-in default."""
+    run_regex: str = ""
+    """Regex with named groups ``run`` and ``frame`` finding a frame's run (cine sequence) in its image name; empty:
+    the run is the name before ``_frame_``, the frame number the digits after it (``sa2va_ray.data.runs``)."""
     strict: bool = False
     """Any invalid record fails the job before work starts."""
     allow_symlinks_outside: bool = False
@@ -83,6 +86,13 @@ class DataSection:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.run_regex:
+            from sa2va_ray.data.runs import compile_run_regex
+
+            try:
+                compile_run_regex(self.run_regex)
+            except ValueError as e:
+                raise ConfigError(f"data.run_regex: {e}") from None
         if self.salt:
             raise ConfigError("data.salt: the salt must stay secret, and configs and command lines are written to "
                               "config.yaml, checkpoints and job logs; put it in data.salt_file=FILE or SA2VA_SALT")

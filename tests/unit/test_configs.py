@@ -82,11 +82,17 @@ def test_overrides_apply_and_are_typed():
         ("scaling.cpus_per_worker=0", "cpus_per_worker"),
         ("scaling.wait_for_resources_s=-1", "wait_for_resources_s"),
         ("eval.num_overlays=-1", "num_overlays"),
+        (r"data.run_regex=(?P<run>.+)_f\d+", "data.run_regex.*frame"),  # lacks the named group frame
     ],
 )
 def test_bad_overrides_raise_config_error(override, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(ROOT / "configs" / "demo.yaml", [override])
+
+
+def test_run_regex_is_checked_and_kept():
+    regex = r"(?P<run>case\d+)-f(?P<frame>\d+)"
+    assert load_config(None, [f"data.run_regex={regex}"]).data.run_regex == regex
 
 
 def test_cross_field_check_offload_params_needs_zero3():
