@@ -5,6 +5,8 @@ parsed from its image file name with a regular expression; the default fits
 ``An_Cong_Xue(0000932433)_1-3_1_051C3E6A_frame_000011.jpg`` (name, then the patient id in parentheses).
 The group is the regex's named group ``id`` when it has one, otherwise its captured groups joined by ``|``,
 otherwise the whole match. Names that do not match become their own group (one per file name), with a warning.
+A run (cine sequence, :mod:`sa2va_ray.data.runs`) is never cut: groups that share a run are joined, so the frames
+of a run whose names lack a patient id (or parse to several ids with a custom regex) stay in one split.
 Groups are shuffled with the seed and added to validation until it holds about ``val_fraction`` of the records.
 
 Command line::
@@ -83,14 +85,16 @@ def split_records(
     val_fraction: float,
     seed: int,
     regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX,
+    run_regex: str | re.Pattern[str] | None = None,
 ) -> SplitResult:
-    """Splits raw records by patient so that no group is in both splits; deterministic for a seed.
+    """Splits raw records by patient so that no group is in both splits, nor any run; deterministic for a seed.
 
     Args:
         records: Raw annotation records (any JSON values; those without an image name are their own group).
         val_fraction: Target fraction of records in validation, in ``[0, 1)``.
         seed: Shuffling seed.
         regex: Group pattern (see :func:`group_id`).
+        run_regex: Run pattern of :mod:`sa2va_ray.data.runs` (None: its default); groups sharing a run are joined.
 
     Returns:
         The split; at least one group goes to validation when ``val_fraction > 0`` and there are two groups.
@@ -114,6 +118,7 @@ def split_records(
             else:
                 gid = f"group:{g}"
         members[gid].append(i)
+    members, joined = _join_groups_of_runs(records, members, run_regex)
     if unmatched:
         logger.warning(
             "%d file name(s) do not match the group regex %r and are their own group, e.g. %s",
@@ -141,24 +146,70 @@ def split_records(
     val_idx = sorted(i for g in val_set for i in members[g])
     val_lookup = set(val_idx)
 
-    def strip(g: str) -> str:
-        return g.split(":", 1)[1]
+    def strip(gids: set[str]) -> set[str]:
+        return {g.split(":", 1)[1] for gid in gids for g in joined.get(gid, [gid])}
 
     return SplitResult(
         train=[r for i, r in enumerate(records) if i not in val_lookup],
         val=[records[i] for i in val_idx],
-        train_groups={strip(g) for g in members if g not in val_set},
-        val_groups={strip(g) for g in val_set},
+        train_groups=strip({g for g in members if g not in val_set}),
+        val_groups=strip(val_set),
         unmatched=unmatched,
     )
 
 
+def _join_groups_of_runs(
+    records: list[Any], members: dict[str, list[int]], run_regex: str | re.Pattern[str] | None
+) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """Joins the groups that share a run (union-find); the joined group takes the smallest group key.
+
+    Returns:
+        ``(members, joined)``: records per group after joining, and the original groups of each joined one.
+        Without runs across groups, ``members`` is returned unchanged (the split is the same as by patient alone).
+    """
+    from sa2va_ray.data.runs import compile_run_regex, parse_run  # runs imports this module
+
+    pattern = compile_run_regex(run_regex)
+    gid_of = {i: gid for gid, idx in members.items() for i in idx}
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    first_of_run: dict[str, str] = {}
+    for i, rec in enumerate(records):
+        image = rec.get("image") if isinstance(rec, dict) else None
+        parsed = parse_run(image, pattern) if isinstance(image, str) else None
+        if parsed is None:
+            continue
+        a, b = find(first_of_run.setdefault(parsed[0], gid_of[i])), find(gid_of[i])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    if not parent:
+        return members, {}
+    out: dict[str, list[int]] = defaultdict(list)
+    joined: dict[str, list[str]] = defaultdict(list)
+    for gid, idx in members.items():
+        out[find(gid)].extend(idx)
+        joined[find(gid)].append(gid)
+    joined = {g: parts for g, parts in joined.items() if len(parts) > 1}
+    logger.warning("frames of one run fall into several groups of the group regex; groups sharing a run are kept "
+                   "together (%d joined group(s), e.g. of %s)", len(joined),
+                   ", ".join(g.split(":", 1)[1] for g in sorted(next(iter(joined.values())))[:3]))
+    return {g: sorted(idx) for g, idx in out.items()}, joined
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
+    from sa2va_ray.config import DataSection  # the default val fraction is the config's, stated once
+
     ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.split", description=__doc__.split("\n")[0])
     ap.add_argument("--annotations", required=True, help="annotations.json to split")
     ap.add_argument("--out", required=True, help="output directory for train.json and val.json")
-    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--val-fraction", type=float, default=DataSection.val_fraction,
+                    help=f"fraction of records in validation (default: data.val_fraction, {DataSection.val_fraction})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group-regex", default=DEFAULT_GROUP_REGEX, help="regex with a named group 'id'")
     args = ap.parse_args(argv)
