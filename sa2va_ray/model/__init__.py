@@ -12,54 +12,52 @@ Public API::
     load_from_internvl_and_sam2(internvl_dir, sam2_ckpt, "sam2.1_hiera_l"); load_from_official_sa2va(d)
     compute_fingerprint(state_dict); fingerprint_model(model)  # model.fingerprint; module_group(key): model.groups
 
-Importing this package registers `Sa2VAConfig`/`Sa2VAModel` with transformers' AutoConfig/AutoModel.
+Names are loaded on first use (``import sa2va_ray.model`` imports neither torch nor transformers); Sa2VAConfig and
+Sa2VAModel are registered with transformers' AutoConfig/AutoModel as soon as AutoModel exists
+(:mod:`sa2va_ray.model.auto`).
 """
 
-from transformers import AutoConfig, AutoModel
+from __future__ import annotations
 
-from sa2va_ray.model.builders import build_sa2va, build_tiny_sa2va
-from sa2va_ray.model.config import Sa2VAConfig, real_preset_config, tiny_config
-from sa2va_ray.model.loaders import load_from_internvl_and_sam2, load_from_official_sa2va
-from sa2va_ray.model.lora import (
-    LoraSettings,
-    TrainPolicy,
-    apply_lora,
-    has_lora,
-    merge_lora,
-    parameter_group,
-    trainable_summary,
-)
-from sa2va_ray.model.predict import PredictionResult
-from sa2va_ray.model.processor import Sa2VAProcessor
-from sa2va_ray.model.sa2va import Sa2VAModel, Sa2VAOutput
-from sa2va_ray.model.sam2_builder import Sam2Settings, build_sam2, load_sam2_settings, tiny_sam2_settings
-from sa2va_ray.model.tokenizer import build_tokenizer
+import importlib
 
-AutoConfig.register(Sa2VAConfig.model_type, Sa2VAConfig, exist_ok=True)
-AutoModel.register(Sa2VAConfig, Sa2VAModel, exist_ok=True)
+_EXPORTS = {
+    "build_sa2va": "builders",
+    "build_tiny_sa2va": "builders",
+    "Sa2VAConfig": "config",
+    "real_preset_config": "config",
+    "tiny_config": "config",
+    "load_from_internvl_and_sam2": "loaders",
+    "load_from_official_sa2va": "loaders",
+    "LoraSettings": "lora",
+    "TrainPolicy": "lora",
+    "apply_lora": "lora",
+    "has_lora": "lora",
+    "merge_lora": "lora",
+    "parameter_group": "lora",
+    "trainable_summary": "lora",
+    "PredictionResult": "predict",
+    "Sa2VAProcessor": "processor",
+    "Sa2VAModel": "sa2va",
+    "Sa2VAOutput": "sa2va",
+    "Sam2Settings": "sam2_builder",
+    "build_sam2": "sam2_builder",
+    "load_sam2_settings": "sam2_builder",
+    "tiny_sam2_settings": "sam2_builder",
+    "build_tokenizer": "tokenizer",
+}
 
-__all__ = [
-    "LoraSettings",
-    "PredictionResult",
-    "Sa2VAConfig",
-    "Sa2VAModel",
-    "Sa2VAOutput",
-    "Sa2VAProcessor",
-    "Sam2Settings",
-    "TrainPolicy",
-    "apply_lora",
-    "build_sa2va",
-    "build_sam2",
-    "build_tiny_sa2va",
-    "build_tokenizer",
-    "has_lora",
-    "load_from_internvl_and_sam2",
-    "load_from_official_sa2va",
-    "load_sam2_settings",
-    "merge_lora",
-    "parameter_group",
-    "real_preset_config",
-    "tiny_config",
-    "tiny_sam2_settings",
-    "trainable_summary",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,9 +7,11 @@ Both carry InternVL's image tokens (`<img>`, `</img>`, `<IMG_CONTEXT>`), the Sa2
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+if TYPE_CHECKING:  # tokenizers/transformers load on first use: the data tools import the token lists below
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 SEG_TOKEN = "[SEG]"
@@ -60,6 +62,8 @@ def _training_corpus() -> list[str]:
 
 def _build_bpe() -> Tokenizer:
     """A small byte-level BPE trained on a fixed corpus (the `tokenizers` trainer is deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -82,6 +86,8 @@ def build_tokenizer(path: str | os.PathLike | None = None, *, add_sa2va_tokens: 
     Returns:
         A fast tokenizer with `<img>`, `</img>`, `<IMG_CONTEXT>`, the Sa2VA tokens and a chat template.
     """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     if path is None:
         tok = PreTrainedTokenizerFast(
             tokenizer_object=_build_bpe(),
