@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -90,8 +91,10 @@ def test_damaged_latest_checkpoint_resumes_from_newest_intact(zero2_run, synthet
     assert not stray.exists() and (run / "damaged" / latest).is_dir()
 
 
-def test_zero3_trains(ray_cluster, synthetic_set, tmp_path):
-    assert _train(job_overrides(synthetic_set, tmp_path, "deepspeed.zero_stage=3")) == 0
+def test_zero3_trains_on_images_and_clips(ray_cluster, synthetic_set, tmp_path, capsys):
+    """ZeRO-3, with clips of 2 frames mixed into the image rows (train.clip_frames): the same loop trains both."""
+    assert _train(job_overrides(synthetic_set, tmp_path, "deepspeed.zero_stage=3", "train.clip_frames=2")) == 0
+    assert re.search(r"\[data\] [1-9]\d* clips of 2 frames join the training stream", capsys.readouterr().out)
     rows = _log(tmp_path)
     assert float(rows[-1]["train/loss"]) < float(rows[0]["train/loss"])
     assert json.loads((tmp_path / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 3
