@@ -207,3 +207,23 @@ def test_split_keeps_runs_whole(synthetic_set):
         assert result.val and result.train
         for run in runs:  # every run is wholly in one split
             assert len({f in val for f in run.frames}) == 1, run.run_id
+
+
+def test_split_joins_groups_that_share_a_run(caplog):
+    # names without a patient id: each frame would be its own group, and a random frame split would leak
+    records = [{"image": f"scan{k}_frame_{n:06d}.jpg"} for k in range(6) for n in range(1, 5)]
+    records += [{"image": "loose.jpg"}, {"image": "other.jpg"}]
+    for seed in range(4):
+        result = split_records(records, 0.3, seed)
+        val = {r["image"] for r in result.val}
+        for k in range(6):
+            assert len({f"scan{k}_frame_{n:06d}.jpg" in val for n in range(1, 5)}) == 1
+        assert 0 < len(result.val) < len(records)
+        assert not result.train_groups & result.val_groups
+        assert len(result.train_groups | result.val_groups) == len(records)  # every file name is still named
+    assert "groups sharing a run are kept together (6 joined group(s)" in caplog.text
+    plain = [{"image": f"P{p}({p})_s_frame_{n:06d}.jpg"} for p in range(8) for n in range(3)]
+    caplog.clear()
+    without_runs = split_records(plain, 0.25, 0, run_regex=r"(?P<run>NEVER)_(?P<frame>\d+)")
+    assert split_records(plain, 0.25, 0) == without_runs  # runs within patients: the split by patient alone
+    assert "kept together" not in caplog.text
