@@ -2,9 +2,9 @@
 
 Sequence (`predict_sequence`): the LLM sees k frames of a run once, SAM2 is prompted on them and its memory carries
 the mask through the run. Per frame (`predict`, teacher-forced, batch 8): the LLM and SAM2 on every frame. Both are
-timed `--repeats` times over all runs (after a warm-up); medians are printed with the mean J (IoU against the
-synthetic ground truth) of each. The tiny model is random, so J says nothing about quality, only that both ran on
-the same frames. Last line: ``ratio: X`` = sequence frames/s / per-frame frames/s.
+timed `--repeats` times over all runs (after a warm-up); medians are printed with J, F and J&F against the synthetic
+ground truth (per run, then averaged). The tiny model is random, so these say nothing about quality, only that
+both ran on the same frames. Last line: ``ratio: X`` = sequence frames/s / per-frame frames/s.
 
     python benchmarks/sequence_predict.py [--patients 2] [--frames 16] [--size 128] [--k 5] [--repeats 3]
 """
@@ -26,6 +26,7 @@ from PIL import Image
 
 from sa2va_ray.data.annotations import load_samples, rasterize_polygons
 from sa2va_ray.data.runs import discover_runs
+from sa2va_ray.evaluate.metrics import run_metrics
 from sa2va_ray.model import build_tiny_sa2va
 
 
@@ -44,11 +45,6 @@ def load_runs(root: Path) -> list[tuple[list[Image.Image], list[np.ndarray], str
             masks.append(rasterize_polygons(sample.masks[0], image.height, image.width))
         out.append((frames, masks, text))
     return out
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def main() -> None:
@@ -85,8 +81,10 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         rates[name] = n_frames / statistics.median(times)
     for name in rates:
-        j = np.mean([iou(p, g) for masks, (_, gts, _) in zip(results[name], runs) for p, g in zip(masks, gts)])
-        print(f"{name:10s} {rates[name]:8.2f} frames/s (median of {args.repeats}), mean J {j:.3f}")
+        per_run = [run_metrics(masks, gts) for masks, (_, gts, _) in zip(results[name], runs)]
+        j, f = (float(np.mean([r[key] for r in per_run])) for key in ("j", "f"))
+        print(f"{name:10s} {rates[name]:8.2f} frames/s (median of {args.repeats}), J {j:.3f}  F {f:.3f}  "
+              f"J&F {(j + f) / 2:.3f} (mean over runs)")
     print(f"{len(runs)} runs, {n_frames} frames, k={args.k}")
     print(f"ratio: {rates['sequence'] / rates['per-frame']:.2f}")
 
