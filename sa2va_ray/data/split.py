@@ -11,7 +11,8 @@ Groups are shuffled with the seed and added to validation until it holds about `
 
 Command line::
 
-    python -m sa2va_ray.data.split --annotations FILE --out DIR --val-fraction F --seed N [--group-regex R]
+    python -m sa2va_ray.data.split --annotations FILE --out DIR --val-fraction F --seed N [--group-regex R] \
+        [--run-regex R]
 
 writes ``DIR/train.json`` and ``DIR/val.json`` (records copied unchanged, original order) and prints the counts.
 """
@@ -212,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"fraction of records in validation (default: data.val_fraction, {DataSection.val_fraction})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group-regex", default=DEFAULT_GROUP_REGEX, help="regex with a named group 'id'")
+    ap.add_argument("--run-regex", default="", help="regex with named groups 'run' and 'frame' (runs are never cut; "
+                    "default: the run is the name before '_frame_')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         records = load_annotation_list(args.annotations)
         regex = re.compile(args.group_regex)
-        result = split_records(records, args.val_fraction, args.seed, regex)
+        result = split_records(records, args.val_fraction, args.seed, regex, args.run_regex or None)
     except (AnnotationFileError, ValueError, re.error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

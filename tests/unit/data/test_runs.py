@@ -227,3 +227,21 @@ def test_split_joins_groups_that_share_a_run(caplog):
     without_runs = split_records(plain, 0.25, 0, run_regex=r"(?P<run>NEVER)_(?P<frame>\d+)")
     assert split_records(plain, 0.25, 0) == without_runs  # runs within patients: the split by patient alone
     assert "kept together" not in caplog.text
+
+
+def test_split_cli_takes_a_run_regex(tmp_path):
+    import subprocess
+    import sys
+
+    records = [{"image": f"case{k}-seq1-f{n}.png", "mask": [[0, 0, 4, 0, 4, 4]], "text": ["v"]}
+               for k in range(5) for n in range(3)]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    cmd = [sys.executable, "-m", "sa2va_ray.data.split", "--annotations", str(tmp_path / "a.json"), "--out",
+           str(tmp_path / "out"), "--val-fraction", "0.4", "--run-regex", r"(?P<run>case\d+-seq\d+)-f(?P<frame>\d+)"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    val = {r["image"] for r in json.loads((tmp_path / "out" / "val.json").read_text())}
+    runs_in_val = {v.split("-f")[0] for v in val}
+    assert 0 < len(runs_in_val) < 5 and val == {f"{r}-f{n}.png" for r in runs_in_val for n in range(3)}  # whole runs
+    bad = subprocess.run(cmd[:-1] + ["(?P<run>x)"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "frame" in bad.stderr
