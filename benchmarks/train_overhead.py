@@ -85,7 +85,7 @@ def main() -> None:
         f"deepspeed.zero_stage={args.zero_stage}",
     ]).resolve_paths()
     from sa2va_ray.data.decode import decode_rows
-    from sa2va_ray.datasets import prepare_splits
+    from sa2va_ray.data.prepare import prepare_splits
 
     splits = prepare_splits(cfg)
     def to_sample(r):

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     t0 = time.perf_counter()
 
+    from sa2va_ray.data.prepare import ensure_data, prepare_splits
     from sa2va_ray.data.validate import validate_annotations
-    from sa2va_ray.datasets import ensure_data, prepare_splits
 
     _banner("1/5 synthetic angiography set")
     ensure_data(cfg)

@@ -1,7 +1,7 @@
 """What an evaluation covers, prepared in one pass: valid samples, error rows for invalid records, patients.
 
 Which records: ``data.val_annotations`` when set, else the validation split of ``data.annotations`` (patient-level,
-:func:`sa2va_ray.datasets.prepare_splits`). Records that fail validation get ``status=error`` rows
+:func:`sa2va_ray.data.prepare.prepare_splits`). Records that fail validation get ``status=error`` rows
 (:func:`~sa2va_ray.evaluate.table.validation_error_rows`); with a patient split, an invalid record belongs to the split
 of its patient, and one whose patient has no valid record at all is evaluated (reported) rather than dropped.
 The run's pseudonymiser (``data.pseudonymise``) and each image's patient id travel with the inputs, so the table, the
@@ -57,7 +57,7 @@ class EvalInputs:
 
 def collect_eval_inputs(cfg: Config) -> EvalInputs:
     """Validate the evaluation records (never strict here: failures become rows, strictness is applied at the end)."""
-    from sa2va_ray.datasets import ensure_data, start_pseudonymising
+    from sa2va_ray.data.prepare import ensure_data, start_pseudonymising
 
     c = config_from_dict(config_to_dict(cfg))
     c.data.strict = False
@@ -84,8 +84,8 @@ def _quiet_validation(quiet: bool):
 
 
 def _collect(c: Config, regex: str) -> EvalInputs:
+    from sa2va_ray.data.prepare import prepare_splits, validation_kwargs
     from sa2va_ray.data.validate import load_valid_samples
-    from sa2va_ray.datasets import prepare_splits, validation_kwargs
 
     if c.data.val_annotations:
         path = c.data.val_annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_to_dict
-from sa2va_ray.datasets import Splits, prepare_splits
+from sa2va_ray.data.prepare import Splits, prepare_splits
 from sa2va_ray.train.console import RAY_TRAIN_CONSOLE_LEVEL, quiet_known_warnings, select_deepspeed_accelerator
 
 log = logging.getLogger("sa2va_ray.train")

@@ -14,7 +14,7 @@ from typing import Any
 
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_from_dict, config_to_dict, with_overrides
-from sa2va_ray.datasets import Splits, prepare_splits
+from sa2va_ray.data.prepare import Splits, prepare_splits
 from sa2va_ray.tune.space import build_search_space
 
 log = logging.getLogger("sa2va_ray.tune")

@@ -110,7 +110,7 @@ def test_model_loader_and_training_preflight_refuse(kind, attempts, tmp_path):
     from sa2va_ray.checkpoint.integrity import check_model_path
     from sa2va_ray.checkpoint.load import load_model
     from sa2va_ray.config import load_config
-    from sa2va_ray.datasets import Splits
+    from sa2va_ray.data.prepare import Splits
     from sa2va_ray.train.driver import build_trainer
 
     out, _ = attempts

@@ -8,7 +8,7 @@ import pytest
 
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import AnnotationFileError
-from sa2va_ray.datasets import prepare_splits
+from sa2va_ray.data.prepare import prepare_splits
 
 
 def _config(tmp_path, annotations, images) -> Config:

@@ -111,7 +111,7 @@ def dataset(tmp_path) -> Path:
 
 
 def test_prepared_run_writes_and_logs_no_identity_and_no_salt(dataset, salt_file, tmp_path, caplog, capsys):
-    from sa2va_ray.datasets import prepare_splits
+    from sa2va_ray.data.prepare import prepare_splits
 
     raw = [r["image"] for r in json.loads(dataset.read_text())]
     secrets = {SALT} | {n.split("(")[0] for n in raw if "(" in n} | set(re.findall(r"\((\d+)\)", " ".join(raw)))
