@@ -105,7 +105,7 @@ def test_damaged_model_is_named_before_ray(synthetic_set, tiny_model_dir, tmp_pa
 
 
 def test_damaged_checkpoint_is_named_before_export(synthetic_set, tmp_path):
-    from tests.unit.test_integrity import make_checkpoint
+    from tests.unit.checkpoint.test_integrity import make_checkpoint
 
     ckpt = make_checkpoint(tmp_path / "checkpoint")
     shard = ckpt / "deepspeed" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sa2va_ray.train.resume import DAMAGED_DIR, SNAPSHOT_FILE, repair_run_dir
-from tests.unit.test_integrity import make_checkpoint
+from tests.unit.checkpoint.test_integrity import make_checkpoint
 
 NAMES = [f"checkpoint_2026-01-01_00-00-0{i}.000000" for i in range(3)]
 

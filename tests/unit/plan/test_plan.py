@@ -29,7 +29,7 @@ from sa2va_ray.plan.step_time import (
     plan_step_time,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 REAL = ROOT / "configs" / "vessel_internvl3_8b_lora.yaml"
 ZERO3 = ROOT / "configs" / "vessel_internvl3_8b_lora_zero3_offload.yaml"
 DEMO = ROOT / "configs" / "demo.yaml"
