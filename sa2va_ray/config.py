@@ -319,7 +319,12 @@ class EvalSection:
     num_actors: int = 2
     """Predictor actors (one GPU each when scaling.use_gpu)."""
     mode: str = "teacher_forced"
-    """``teacher_forced`` | ``generate``."""
+    """``teacher_forced`` | ``generate`` (frame by frame) | ``sequence`` (each run as a video: the LLM on
+    `sequence_k` frames, SAM2's memory through the rest; rows gain ``run_id``, ``frame``; ``eval/runs.parquet``)."""
+    sequence_k: int = 5
+    """eval.mode=sequence: frames of a run the LLM sees (and SAM2 is prompted on)."""
+    sequence_sampling: str = "uniform"
+    """eval.mode=sequence: ``uniform`` (spread over the run, Sa2VA-i) | ``first`` (the official code)."""
     vessel_metrics: bool = True
     """Also clDice, HD95 and Betti errors per sample."""
     num_overlays: int = 4
@@ -330,8 +335,10 @@ class EvalSection:
     """Any failed sample fails the job."""
 
     def __post_init__(self) -> None:
-        if self.mode not in {"teacher_forced", "generate"}:
-            raise ConfigError(f"eval.mode must be teacher_forced or generate, got {self.mode!r}")
+        if self.mode not in {"teacher_forced", "generate", "sequence"}:
+            raise ConfigError(f"eval.mode must be teacher_forced, generate or sequence, got {self.mode!r}")
+        if self.sequence_k < 1 or self.sequence_sampling not in {"uniform", "first"}:
+            raise ConfigError("eval.sequence_k must be >= 1 and eval.sequence_sampling uniform or first")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ConfigError("eval.batch_size and eval.num_actors must be >= 1")
         if self.num_overlays < 0 or self.n_boot < 0:

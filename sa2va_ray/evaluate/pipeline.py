@@ -40,6 +40,7 @@ from sa2va_ray.evaluate.report import (
     summarise_samples,
     write_summary_json,
 )
+from sa2va_ray.evaluate.sequence import Sa2VASequencePredictor, format_run_markdown, run_table, sequence_items
 from sa2va_ray.evaluate.table import PACKED_COLUMN, finish_table, missing_rows, write_sample_tables
 
 __all__ = ["EvalInputs", "EvalResult", "check_model_path", "collect_eval_inputs", "run_eval_pipeline",
@@ -94,6 +95,8 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         inputs: from :func:`collect_eval_inputs`.
         selector: receives every output batch (keeps the masks wanted for overlays).
     """
+    import ray
+
     from sa2va_ray.data.ray_source import build_ray_dataset
 
     n_rows = sum(len(s.texts) for s in inputs.samples)
@@ -109,26 +112,37 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = absolute_path(cfg.model.path)
     decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
-    ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
-                           allow_symlinks_outside=cfg.data.allow_symlinks_outside)
+    predictor_kwargs = {
+        "config": actor_cfg,
+        "mode": cfg.eval.mode,
+        "vessel_metrics": cfg.eval.vessel_metrics,
+        "use_gpu": cfg.scaling.use_gpu,
+        "keep_masks": selector is not None and cfg.eval.num_overlays > 0,
+    }
+    if cfg.eval.mode == "sequence":  # one (run, text) per task: a run's SAM2 memory stays in one actor
+        items = sequence_items(inputs.samples)
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        predictor, batch_size = Sa2VASequencePredictor, 1
+        predictor_kwargs.update(mode="teacher_forced", samples=inputs.samples, images_dir=inputs.images_dir,
+                                k=cfg.eval.sequence_k, sampling=cfg.eval.sequence_sampling,
+                                allow_symlinks_outside=cfg.data.allow_symlinks_outside)
+        what = f"{len(items)} runs x texts"
+    else:
+        ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
+                               allow_symlinks_outside=cfg.data.allow_symlinks_outside)
+        predictor, batch_size, what = Sa2VAPredictor, cfg.eval.batch_size, f"batch size {cfg.eval.batch_size}"
     ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ds = ds.map_batches(
-        Sa2VAPredictor,
-        fn_constructor_kwargs={
-            "config": actor_cfg,
-            "mode": cfg.eval.mode,
-            "vessel_metrics": cfg.eval.vessel_metrics,
-            "use_gpu": cfg.scaling.use_gpu,
-            "keep_masks": selector is not None and cfg.eval.num_overlays > 0,
-        },
-        batch_size=cfg.eval.batch_size,
+        predictor,
+        fn_constructor_kwargs=predictor_kwargs,
+        batch_size=batch_size,
         batch_format="numpy",
         compute=compute,
         num_cpus=cpus,
         num_gpus=gpus,
     )
     print(f"[eval] {n_rows} samples ({len(inputs.samples)} records) on {compute.max_size} predictor actor(s), "
-          f"batch size {cfg.eval.batch_size}", flush=True)
+          f"{what}", flush=True)
     frames, done, errors, t0, last = [], 0, 0, time.perf_counter(), 0.0
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
         if selector is not None:
@@ -207,6 +221,10 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     predicted = run_eval_pipeline(cfg, inputs, selector)
     table = finish_table([predicted, pd.DataFrame(inputs.failed_rows)], inputs.patient_of, inputs.pseudonymiser)
     write_sample_tables(table, out)
+    runs = run_table(table) if cfg.eval.mode == "sequence" else None
+    if runs is not None:
+        runs.to_parquet(out / "runs.parquet", index=False)
+        runs.to_csv(out / "runs.csv", index=False)
 
     fingerprints = sorted({f for f in table["model_fingerprint"] if f})
     if len(fingerprints) > 1:
@@ -220,7 +238,13 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     )  # fmt: skip
     summary["n_records"] = inputs.n_records
     write_summary_json(summary, out / "summary.json")
+    if runs is not None:
+        summary["runs"] = {"n_runs": int(runs["run_id"].nunique()), **{
+            k: float(runs[k].mean()) if len(runs) else float("nan") for k in ("j", "f", "jf", "temporal_stability")}}
+        write_summary_json(summary, out / "summary.json")
     markdown = format_summary_markdown(summary, table[table["status"] != "ok"])
+    if runs is not None:
+        markdown += format_run_markdown(runs)
     (out / "summary.md").write_text(markdown)
     plot_dice_histogram(table.loc[table["status"] == "ok", "dice"].to_numpy(float), out / "dice_hist.png")
 

@@ -134,11 +134,13 @@ def finish_table(
 
 
 def pseudonymise_table(df: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:
-    """Replace patient names/ids in ``image``, ``patient`` and ``error`` by their salted pseudonyms."""
+    """Replace patient names/ids in ``image``, ``patient``, ``error`` (and ``run_id``) by their salted pseudonyms."""
     out = df.copy()
     out["image"] = [pseudonymiser.name(n) if isinstance(n, str) and n else n for n in out["image"]]
     out["patient"] = [pseudonymiser.patient(p) if p else p for p in out["patient"]]
     out["error"] = [pseudonymiser.text(m) if isinstance(m, str) and m else m for m in out["error"]]
+    if "run_id" in out.columns:  # a run id is an image name without its frame part: the same patient fields
+        out["run_id"] = [pseudonymiser.name(r) if isinstance(r, str) and r else r for r in out["run_id"]]
     return out
 
 

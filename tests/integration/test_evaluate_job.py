@@ -201,3 +201,27 @@ def test_no_deprecation_warning_raised_from_our_code(evaluated):
     """No deprecated Ray Data knob (``ray_remote_args``, ``actor_locality_enabled``, ...) in the evaluate path."""
     deprecations = [w for w in OUR_WARNINGS if issubclass(w.category, DeprecationWarning)]
     assert not deprecations, [f"{w.filename}:{w.lineno}: {w.message}" for w in deprecations]
+
+
+def test_sequence_mode_scores_runs(evaluated, setup, ray_cluster):
+    """eval.mode=sequence on the same records: one row per record-text still, plus run_id/frame and runs.parquet;
+    run ids are pseudonymised like image names."""
+    out = setup["root"] / "sequence"
+    rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out}", "eval.mode=sequence",
+                                     "eval.sequence_k=2", f"model.path={setup['root'] / 'model0'}",
+                                     *setup["overrides"]])
+    assert rc == 0
+    eval_dir = out / "eval"
+    frame_rows = pd.read_parquet(evaluated[1] / "samples.parquet")
+    rows = pd.read_parquet(eval_dir / "samples.parquet")
+    assert sorted(rows["sample_id"]) == sorted(frame_rows["sample_id"])
+    ok = rows[rows["status"] == "ok"]
+    assert ok["run_id"].notna().all() and ok["frame"].notna().all() and ok["boundary_f"].between(0, 1).all()
+    runs = pd.read_parquet(eval_dir / "runs.parquet")
+    assert len(runs) >= 3 and set(runs["run_id"]) <= set(ok["run_id"])
+    assert runs["jf"].between(0, 1).all() and (runs["frames"] >= 1).all()
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["runs"]["n_runs"] == runs["run_id"].nunique()
+    assert "## Runs (eval.mode=sequence)" in (eval_dir / "summary.md").read_text()
+    for name in ("runs.csv", "samples.csv", "summary.md"):
+        assert not PATIENT_ID.search((eval_dir / name).read_text()), f"patient id in {name}"
