@@ -168,6 +168,26 @@ def _signed(x: Any) -> str:
     return f"{x:+.4f}" if isinstance(x, float) and math.isfinite(x) else _fmt(x)
 
 
+def compare_runs(c: Comparison, n_boot: int = 1000, tolerance: float = 1e-6) -> tuple[pd.DataFrame, dict | None]:
+    """Per run (image names parsed with the run regex; runs of 2+ paired frames): J (mean IoU over the frames ok in
+    both) in a and b, and the paired comparison over runs, e.g. ``eval.mode=teacher_forced`` against ``sequence``
+    on the same model. Returns (one row per run, the paired statistics or None when fewer than 2 runs)."""
+    from sa2va_ray.data.runs import parse_run
+
+    p = c.paired
+    if "iou_a" not in p.columns or "image_a" not in p.columns:
+        return pd.DataFrame(), None
+    ok = p[(p["present"] == "both") & (p["status_a"] == "ok") & (p["status_b"] == "ok")].copy()
+    ok["run"] = [(parse_run(str(n)) or (None, 0))[0] for n in ok["image_a"]]
+    ok = ok[ok["run"].notna()]
+    runs = ok.groupby("run").agg(frames=("iou_a", "size"), j_a=("iou_a", "mean"), j_b=("iou_b", "mean"))
+    runs = runs[runs["frames"] >= 2].reset_index()
+    runs["j_diff"] = runs["j_b"] - runs["j_a"]
+    if len(runs) < 2:
+        return runs, None
+    return runs, paired_comparison(runs["j_a"], runs["j_b"], n_boot=n_boot, tol=tolerance)
+
+
 def format_comparison(c: Comparison) -> str:
     """The Markdown of ``compare/summary.md``: flags, the per-metric table, the most-changed samples, the verdict."""
     la, lb = c.labels
@@ -200,6 +220,15 @@ def format_comparison(c: Comparison) -> str:
         for r in c.changed.itertuples():
             image = getattr(r, "image_a", "")
             lines.append(f"| {r.sample_id} | {image} | {r.dice_a:.4f} | {r.dice_b:.4f} | {r.dice_diff:+.4f} |")
+    runs, stats = compare_runs(c)
+    if stats is not None:
+        lines += ["", "## Per run (J = mean IoU over a run's frames, paired over runs)", "",
+                  f"{len(runs)} runs: mean J a {_fmt(stats['mean_a'])}, b {_fmt(stats['mean_b'])}, b−a "
+                  f"{_signed(stats['mean_diff'])} [{_signed(stats['ci_low'])}, {_signed(stats['ci_high'])}], "
+                  f"Wilcoxon p {_fmt(stats['p_value'], 3)}; b better on {stats['n_better']}, worse on "
+                  f"{stats['n_worse']}.", "", "| run | frames | J a | J b | b−a |", "|---|---:|---:|---:|---:|"]
+        for r in runs.sort_values("j_diff").head(10).itertuples():
+            lines.append(f"| {r.run} | {r.frames} | {r.j_a:.4f} | {r.j_b:.4f} | {r.j_diff:+.4f} |")
     lines += ["", c.verdict]
     return "\n".join(lines) + "\n"
 

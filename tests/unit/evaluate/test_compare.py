@@ -121,3 +121,27 @@ def test_compare_job_on_two_eval_dirs(tmp_path, capsys):
     assert rc == 0 and "verdict: identical" in printed
     assert (out / "compare" / "summary.md").is_file() and len(pd.read_csv(out / "compare" / "paired.csv")) == 30
     assert job.main(["--config", str(cfg), f"output_dir={out}", f"compare.a={a}"]) == 2  # b missing
+
+
+def test_per_run_comparison_pairs_runs_parsed_from_image_names():
+    from sa2va_ray.evaluate.compare import compare_runs
+
+    def table(shift):
+        rows = []
+        for run in range(4):
+            for f in range(3):
+                i = run * 3 + f
+                r = empty_row(f"{i}:0", i, 0, f"P({run:03d})_1_1_X_frame_{f:06d}.jpg", "vessel")
+                r.update(iou=0.5 + 0.1 * run + (shift if run % 2 else 0.0), dice=0.6, pred_hash=f"h{i}{shift}")
+                rows.append(r)
+        return pd.DataFrame(rows)
+
+    c = compare_tables(table(0.0), table(0.1), n_boot=200)
+    runs, stats = compare_runs(c, n_boot=200)
+    assert len(runs) == 4 and (runs["frames"] == 3).all()
+    assert runs["j_diff"].round(6).tolist() == [0.0, 0.1, 0.0, 0.1]
+    assert stats["mean_diff"] == pytest.approx(0.05) and stats["n_better"] == 2 and stats["n_tied"] == 2
+    md = format_comparison(c)
+    assert "## Per run" in md and "| P(001)_1_1_X | 3 |" in md
+    _, none = compare_runs(compare_tables(_table(DICE), _table(DICE), n_boot=50))  # names without runs
+    assert none is None
