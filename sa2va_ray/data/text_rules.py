@@ -14,12 +14,19 @@ worker sees it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sa2va_ray.model.tokenizer import RESERVED_TEXT_TOKENS  # noqa: F401  (re-exported: the one list)
+
+if TYPE_CHECKING:
+    from sa2va_ray.config import Config
+
+log = logging.getLogger(__name__)
 
 TokenCounter = Callable[[tuple[str, ...], int, int], int]
 """``(texts, height, width) -> tokens`` of a record's training conversation for an image of that size."""
@@ -80,3 +87,63 @@ def text_rules_from_processor(processor: Any, source: str = "") -> TextRules:
         return len(processor.encode_conversation(list(texts), n_tiles=tiles(height, width, {}))[0])
 
     return TextRules(max_length=int(processor.config.max_length), count_tokens=count, source=source)
+
+
+# ---------------------------------------------------------------- the rules of a job's model
+
+
+def text_rules_for_model(path: str | Path) -> TextRules:
+    """Text rules of a saved model directory (ours or the official layout) or a training checkpoint: its tokenizer
+    and config, no weights.
+
+    Raises:
+        FileNotFoundError: If ``path`` is neither a model directory nor a training checkpoint.
+    """
+    from sa2va_ray.checkpoint.layout import describe_model_path, model_path_kind
+
+    p = Path(path)
+    kind = model_path_kind(p)
+    if kind == "model":
+        from sa2va_ray.model.loaders import processor_for_model_dir
+
+        return text_rules_from_processor(processor_for_model_dir(p), str(p))
+    if kind == "checkpoint":
+        from sa2va_ray.checkpoint.load import load_checkpoint_config
+
+        return text_rules_for_config(load_checkpoint_config(p))
+    raise FileNotFoundError(describe_model_path(path, "model"))
+
+
+def build_preset_processor(cfg: Config) -> Any:
+    """The processor of ``model.preset`` built the way :func:`sa2va_ray.checkpoint.load.build_base_model` builds the
+    model (the same config builders of :mod:`sa2va_ray.model.loaders`), from local tokenizer and config files only."""
+    from sa2va_ray.model import Sa2VAProcessor, build_tokenizer
+    from sa2va_ray.model.config import tiny_config
+    from sa2va_ray.model.loaders import internvl_sam2_config, official_sa2va_config
+    from sa2va_ray.model.tokenizer import special_token_ids
+
+    mc = cfg.model
+    if mc.preset == "tiny":
+        tok = build_tokenizer()
+        return Sa2VAProcessor(tok, tiny_config(len(tok), special_token_ids(tok)))
+    if mc.preset == "internvl_sam2":
+        config, tok = internvl_sam2_config(mc.internvl_path, mc.sam2_config)
+    else:
+        config, tok = official_sa2va_config(mc.official_path)
+    return Sa2VAProcessor(tok, config)
+
+
+def text_rules_for_config(cfg: Config) -> TextRules:
+    """Text rules of the job's model (``model.path``, else ``model.preset``): reserved tokens and ``max_length``.
+
+    When the model's tokenizer cannot be read here, only the reserved tokens are checked, with a warning (the
+    model loader then reports the real problem).
+    """
+    try:
+        if cfg.model.path:
+            return text_rules_for_model(cfg.model.path)
+        return text_rules_from_processor(build_preset_processor(cfg), f"preset {cfg.model.preset}")
+    except Exception as e:  # noqa: BLE001 -- the length check is an extra; never hide the loader's own error
+        log.warning("token-length check of the records skipped: cannot read the model's tokenizer/config (%s: %s)",
+                    type(e).__name__, e)
+        return TextRules()

@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rules = None
         if args.model:
-            from sa2va_ray.data.prepare import text_rules_for_model
+            from sa2va_ray.data.text_rules import text_rules_for_model
 
             rules = text_rules_for_model(args.model)
         report = validate_annotations(

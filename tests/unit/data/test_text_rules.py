@@ -11,8 +11,12 @@ from PIL import Image
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import parse_record
 from sa2va_ray.data.decode import decode_sample
-from sa2va_ray.data.prepare import build_preset_processor, text_rules_for_model
-from sa2va_ray.data.text_rules import RESERVED_TEXT_TOKENS, text_rules_from_processor
+from sa2va_ray.data.text_rules import (
+    RESERVED_TEXT_TOKENS,
+    build_preset_processor,
+    text_rules_for_model,
+    text_rules_from_processor,
+)
 from sa2va_ray.data.validate import validate_annotations
 from sa2va_ray.model import Sa2VAProcessor, build_tokenizer, tiny_config
 from sa2va_ray.model.tokenizer import special_token_ids
