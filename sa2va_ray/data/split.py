@@ -34,6 +34,8 @@ from sa2va_ray.data.annotations import AnnotationFileError, load_annotation_list
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_VAL_FRACTION = 0.25
+"""Target fraction of records in validation: the CLI's default and the config's (``data.val_fraction``)."""
 DEFAULT_GROUP_REGEX = r"(?P<name>[^/\\()]*?)\s*\((?P<id>\d+)\)"
 """Patient name (without path separators or parentheses) followed by the patient id in parentheses."""
 
@@ -204,13 +206,11 @@ def _join_groups_of_runs(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    from sa2va_ray.config import DataSection  # the default val fraction is the config's, stated once
-
     ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.split", description=__doc__.split("\n")[0])
     ap.add_argument("--annotations", required=True, help="annotations.json to split")
     ap.add_argument("--out", required=True, help="output directory for train.json and val.json")
-    ap.add_argument("--val-fraction", type=float, default=DataSection.val_fraction,
-                    help=f"fraction of records in validation (default: data.val_fraction, {DataSection.val_fraction})")
+    ap.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                    help=f"fraction of records in validation (default {DEFAULT_VAL_FRACTION}, as data.val_fraction)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group-regex", default=DEFAULT_GROUP_REGEX, help="regex with a named group 'id'")
     ap.add_argument("--run-regex", default="", help="regex with named groups 'run' and 'frame' (runs are never cut; "

@@ -1,11 +1,11 @@
-"""The split CLI and the config agree on the default validation fraction (it is stated once, in the config)."""
+"""The split CLI and the config agree on the default validation fraction (stated once, in data/split.py)."""
 
 from __future__ import annotations
 
 import json
 
-from sa2va_ray.config import Config, DataSection
-from sa2va_ray.data.split import main
+from sa2va_ray.config import Config
+from sa2va_ray.data.split import DEFAULT_VAL_FRACTION, main
 
 
 def test_split_cli_default_val_fraction_is_the_configs(tmp_path, capsys):
@@ -14,4 +14,4 @@ def test_split_cli_default_val_fraction_is_the_configs(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(records))
     assert main(["--annotations", str(tmp_path / "a.json"), "--out", str(tmp_path / "out")]) == 0
     assert f"val fraction {Config().data.val_fraction}," in capsys.readouterr().out
-    assert DataSection.val_fraction == Config().data.val_fraction
+    assert DEFAULT_VAL_FRACTION == Config().data.val_fraction
