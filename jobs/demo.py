@@ -3,7 +3,8 @@
     python jobs/demo.py --config configs/demo.yaml [dotted.key=value ...]
 
 Synthetic data -> validation report -> patient split -> distributed training (Ray Train + DeepSpeed ZeRO-2)
--> verified export -> Ray Data evaluation of the untrained and the trained model -> summary table.
+-> verified export -> Ray Data evaluation of the untrained and the trained model -> summary table -> the trained
+model on every run as a video (eval.mode=sequence) beside frame by frame, per run.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     base.model.path = ""  # the same tiny model, untrained (built from the config)
     untrained = run_evaluation(base, out_dir=Path(cfg.output_dir) / "eval_untrained").summary
     cfg.model.path = outcome.model_dir
-    trained = run_evaluation(cfg, out_dir=Path(cfg.output_dir) / "eval").summary
+    trained_result = run_evaluation(cfg, out_dir=Path(cfg.output_dir) / "eval")
+    trained, frame_table = trained_result.summary, trained_result.table
     from sa2va_ray.evaluate.report import format_metric_table
 
     print(format_metric_table(trained), flush=True)
@@ -66,9 +68,34 @@ def main(argv: list[str] | None = None) -> int:
           f"(95% CI {trained['metrics']['dice']['ci_low']:.4f}..{trained['metrics']['dice']['ci_high']:.4f}, "
           f"{trained['n_ok']} samples)")
     print(f"tables and overlays: {Path(cfg.output_dir) / 'eval'}  |  model: {outcome.model_dir}")
+
+    _banner("runs as video: sequence mode beside frame mode (trained model)")
+    seq_cfg = copy.deepcopy(cfg)
+    seq_cfg.eval.mode = "sequence"
+    sequence = run_evaluation(seq_cfg, out_dir=Path(cfg.output_dir) / "eval_sequence")
+    print(_runs_side_by_side(frame_table, sequence.table), flush=True)
+    print(f"per-run table: {Path(cfg.output_dir) / 'eval_sequence' / 'runs.csv'}")
     save_config(cfg, command=command_line())  # after the outputs it describes
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
+
+
+def _runs_side_by_side(frame_table, sequence_table) -> str:
+    """Per run: J frame by frame against J as a video, and the video's F and J&F."""
+    from sa2va_ray.evaluate.compare import compare_runs, compare_tables
+    from sa2va_ray.evaluate.sequence import run_table
+
+    runs, stats = compare_runs(compare_tables(frame_table, sequence_table, n_boot=200))
+    video = run_table(sequence_table).groupby("run_id")[["f", "jf"]].mean()
+    lines = [f"{'run':44s} {'frames':>6s} {'J frame':>8s} {'J video':>8s} {'F video':>8s} {'J&F video':>9s}"]
+    for r in runs.itertuples():
+        f, jf = (video.loc[r.run, k] if r.run in video.index else float("nan") for k in ("f", "jf"))
+        lines.append(f"{r.run[:44]:44s} {r.frames:6d} {r.j_a:8.4f} {r.j_b:8.4f} {f:8.4f} {jf:9.4f}")
+    if stats is not None:
+        lines.append(f"mean J over {len(runs)} runs: frame {stats['mean_a']:.4f}, video {stats['mean_b']:.4f} "
+                     f"(video - frame {stats['mean_diff']:+.4f}, "
+                     f"95% CI {stats['ci_low']:+.4f}..{stats['ci_high']:+.4f})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
