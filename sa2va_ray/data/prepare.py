@@ -62,7 +62,8 @@ def ensure_data(cfg: Config) -> None:
 def validation_kwargs(cfg: Config) -> dict[str, Any]:
     """Keyword arguments of :func:`~sa2va_ray.data.validate.load_valid_samples` for a job: every job validates
     with the same rules, so training and evaluation agree on the valid records (and hence on the split)."""
-    return {"text_rules": text_rules_for_config(cfg), "allow_symlinks_outside": cfg.data.allow_symlinks_outside}
+    return {"text_rules": text_rules_for_config(cfg), "allow_symlinks_outside": cfg.data.allow_symlinks_outside,
+            "run_regex": cfg.data.run_regex or None}
 
 
 def prepare_splits(cfg: Config) -> Splits:
@@ -86,7 +87,7 @@ def prepare_splits(cfg: Config) -> Splits:
         splits = Splits(train, val, d.images_dir, {"train": rep_t, "val": rep_v})
     else:
         samples, rep = load_valid_samples(d.annotations, d.images_dir, strict=d.strict, **kw)
-        result = split_records([s.record for s in samples], d.val_fraction, d.split_seed, regex)
+        result = split_records([s.record for s in samples], d.val_fraction, d.split_seed, regex, d.run_regex or None)
         val_ids = {id(r) for r in result.val}
         train = [s for s in samples if id(s.record) not in val_ids]
         val = [s for s in samples if id(s.record) in val_ids]

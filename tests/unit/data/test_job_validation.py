@@ -61,3 +61,26 @@ def test_unusable_annotations_fail_before_work_with_one_line(tmp_path, content):
     with pytest.raises(AnnotationFileError) as err:
         prepare_splits(_config(tmp_path, ann, tmp_path / "images"))
     assert str(ann) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_data_run_regex_reaches_validation_and_split(tmp_path, synthetic_set):
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = json.loads(synthetic_set.read_text())
+    records = []
+    for k in range(4):  # names without a patient id: only the run regex ties the frames of a run together
+        for n in range(3):
+            name = f"case{k}-seq1-f{n}.jpg"
+            shutil.copy(synthetic_set.parent / "images" / source[n]["image"], images / name)
+            records.append({**source[n], "image": name})
+    ann = tmp_path / "annotations.json"
+    ann.write_text(json.dumps(records))
+    cfg = _config(tmp_path, ann, images)
+    cfg.data.run_regex = r"(?P<run>case\d+-seq\d+)-f(?P<frame>\d+)"
+    splits = prepare_splits(cfg)
+    assert [(r.run_id, r.frame_numbers) for r in splits.reports["all"].runs] == [
+        (f"case{k}-seq1", (0, 1, 2)) for k in range(4)]
+    val_runs = {s.image.split("-f")[0] for s in splits.val}
+    assert val_runs and not val_runs & {s.image.split("-f")[0] for s in splits.train}  # runs stay whole
