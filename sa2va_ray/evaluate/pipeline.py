@@ -120,7 +120,7 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         "keep_masks": selector is not None and cfg.eval.num_overlays > 0,
     }
     if cfg.eval.mode == "sequence":  # one (run, text) per task: a run's SAM2 memory stays in one actor
-        items = sequence_items(inputs.samples)
+        items = sequence_items(inputs.samples, cfg.data.run_regex or None)
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         predictor, batch_size = Sa2VASequencePredictor, 1
         predictor_kwargs.update(mode="teacher_forced", samples=inputs.samples, images_dir=inputs.images_dir,

@@ -27,15 +27,28 @@ RUN_COLUMNS = ("run_id", "patient", "text", "frames", "j", "f", "jf", "temporal_
 
 
 def sequence_items(samples: list[Sample], regex: str | None = None) -> list[dict[str, Any]]:
-    """One item per (run, text): ``{"run_id", "text", "samples": [positions], "text_index", "frame": [numbers]}``."""
+    """One item per (run, text): ``{"run_id", "text", "samples": [positions], "text_index", "frame": [numbers]}``.
+
+    A frame may hold several records (several texts of one image); the item of a text takes, per frame, the first
+    record carrying it. Every (record, text) lands in exactly one item, once.
+    """
     items = []
     for run in discover_runs(samples, regex):
-        pairs = list(zip(run.record_indices, run.frame_numbers))
-        for text in dict.fromkeys(t for p, _ in pairs for t in samples[p].texts):
-            frames = [(p, n) for p, n in pairs if text in samples[p].texts]
-            items.append({"run_id": run.run_id, "text": text, "samples": [p for p, _ in frames],
-                          "text_index": [samples[p].texts.index(text) for p, _ in frames],
-                          "frame": [n for _, n in frames]})
+        per_text: dict[str, list[tuple[int, int, int]]] = {}
+        leftovers: list[tuple[int, int, int, str]] = []  # a text repeated by another record of the same frame
+        for records, number in zip(run.frame_records, run.frame_numbers):
+            for p in records:
+                for t, text in enumerate(samples[p].texts):
+                    frames = per_text.setdefault(text, [])
+                    if frames and frames[-1][2] == number:
+                        leftovers.append((p, t, number, text))
+                    else:
+                        frames.append((p, t, number))
+        for text, frames in per_text.items():
+            items.append({"run_id": run.run_id, "text": text, "samples": [p for p, _, _ in frames],
+                          "text_index": [t for _, t, _ in frames], "frame": [n for _, _, n in frames]})
+        for p, t, number, text in leftovers:  # predicted as a run of one frame, so no row goes missing
+            items.append({"run_id": run.run_id, "text": text, "samples": [p], "text_index": [t], "frame": [number]})
     return items
 
 

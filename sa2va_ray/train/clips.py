@@ -33,13 +33,15 @@ def build_clips(samples: list[Sample], clip_frames: int, run_regex: str | None =
         return []
     clips = []
     for run in discover_runs(samples, run_regex):
-        positions = list(run.record_indices)
-        for start in range(0, len(positions) - clip_frames + 1, clip_frames):
-            window = positions[start:start + clip_frames]
-            for text in dict.fromkeys(samples[window[0]].texts):  # in order, once each
-                if all(text in samples[p].texts for p in window):
-                    index = tuple(samples[p].texts.index(text) for p in window)
-                    clips.append(Clip(run.run_id, tuple(window), text, index))
+        frames = list(run.frame_records)  # per frame, every record of its image
+        for start in range(0, len(frames) - clip_frames + 1, clip_frames):
+            window = frames[start:start + clip_frames]
+            texts = dict.fromkeys(t for p in window[0] for t in samples[p].texts)  # in order, once each
+            for text in texts:
+                chosen = [next(((p, samples[p].texts.index(text)) for p in records if text in samples[p].texts),
+                               None) for records in window]
+                if all(c is not None for c in chosen):
+                    clips.append(Clip(run.run_id, tuple(p for p, _ in chosen), text, tuple(t for _, t in chosen)))
     return clips
 
 

@@ -69,7 +69,7 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
         repair_run_dir(run_dir)
         # A resume unpickles these on every worker: refuse a code-carrying file first
         check_checkpoint_files(run_dir, "checkpoint_*/**/*.pt", skip_unreadable=True)
-    clips = build_clips(splits.train, cfg.train.clip_frames)
+    clips = build_clips(splits.train, cfg.train.clip_frames, cfg.data.run_regex or None)
     if cfg.train.clip_frames:
         print(f"[data] {len(clips)} clips of {cfg.train.clip_frames} frames join the training stream", flush=True)
     train_ds, plan = build_train_stream(cfg, splits.train, clips)

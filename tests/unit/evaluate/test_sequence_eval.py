@@ -85,3 +85,15 @@ def test_a_frame_that_no_longer_decodes_is_an_error_row_and_the_run_goes_on(scor
     rows = nothing({k: np.array([item[k]], dtype=object) for k in item})  # no image at all: rows, no crash
     assert (rows["error_code"] == "decode_error").all() and run_table(rows.assign(patient="p")).empty
     assert isinstance(run_table(pd.DataFrame()), pd.DataFrame)
+
+
+def test_every_record_of_a_frame_counts_not_only_the_first():
+    name = "P(1)_1_1_X_frame_{:06d}.jpg"
+    samples = [Sample(index=0, image=name.format(1), texts=["a"], masks=[[]]),
+               Sample(index=1, image=name.format(1), texts=["b", "a"], masks=[[], []]),  # second record, frame 1
+               Sample(index=2, image=name.format(2), texts=["b"], masks=[[]])]
+    items = sequence_items(samples)
+    assert [(i["text"], i["samples"], i["text_index"]) for i in items] == [
+        ("a", [0], [0]), ("b", [1, 2], [0, 0]), ("a", [1], [1])]  # the repeated "a" of frame 1 on its own
+    covered = sorted((p, t) for i in items for p, t in zip(i["samples"], i["text_index"]))
+    assert covered == [(0, 0), (1, 0), (1, 1), (2, 0)]

@@ -71,3 +71,13 @@ def test_config_refuses_a_clip_of_one_frame():
 
     with pytest.raises(ConfigError, match="train.clip_frames must be 0"):
         TrainSection(clip_frames=1)
+
+
+def test_a_text_on_a_later_record_of_a_frame_makes_clips_too():
+    name = "A(1)_1_1_X_frame_{:06d}.jpg"
+    samples = [Sample(index=0, image=name.format(1), texts=["vessel"], masks=[[]]),
+               Sample(index=1, image=name.format(1), texts=["catheter"], masks=[[]]),
+               Sample(index=2, image=name.format(2), texts=["catheter", "vessel"], masks=[[], []])]
+    clips = build_clips(samples, 2)
+    assert [(c.text, c.samples, c.text_index) for c in clips] == [("vessel", (0, 2), (0, 1)),
+                                                                  ("catheter", (1, 2), (0, 0))]
