@@ -10,6 +10,7 @@ import sys
 from sa2va_ray.config import ConfigError, load_config
 from sa2va_ray.plan.memory import plan_memory
 from sa2va_ray.plan.report import format_memory_plan, format_step_times
+from sa2va_ray.plan.sequence import format_sequence_plan, plan_sequence_memory
 from sa2va_ray.plan.step_time import (
     DEFAULT_MFU,
     RTX3090_BF16_TFLOPS,
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intra-gbps", type=float, default=100.0, help="GPU-to-GPU Gbit/s inside a node")
     ap.add_argument("--tflops", type=float, default=RTX3090_BF16_TFLOPS, help="peak dense TFLOPS per GPU")
     ap.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation")
+    ap.add_argument("--video-frames", type=int, default=0, help="also plan sequence inference of a run this long")
+    ap.add_argument("--video-size", default="512", help="frame size for --video-frames: S or HxW (default 512)")
+    ap.add_argument("--video-generate", action="store_true", help="sequence inference by generation (KV cache)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     args = ap.parse_args(argv)
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         ap.exit(2, f"config error: {e}\n")
     plan = plan_memory(cfg, args.gpu_mem_gb, logits_tokens=args.logits_tokens)
+    video = None
+    if args.video_frames:
+        h, _, w = args.video_size.lower().partition("x")
+        video = plan_sequence_memory(cfg, args.video_frames, int(h), int(w or h), generate=args.video_generate,
+                                     gpu_mem_gb=args.gpu_mem_gb)
     nodes = [int(x) for x in args.nodes.split(",") if x.strip()]
     kwargs = dict(
         gpus_per_node=args.gpus_per_node, intra_gbps=args.intra_gbps, tflops_per_gpu=args.tflops, mfu=args.mfu
@@ -54,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         scaling.append((bw, steps, find_network_bound_nodes(cfg, bw, **kwargs)))
     if args.json:
         out = {"config": args.config, "memory": plan.to_dict()}
+        if video is not None:
+            out["sequence"] = {**dataclasses.asdict(video), "fits": video.fits}
         if scaling:
             out["scaling"] = [
                 {
@@ -68,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"# python -m sa2va_ray.plan --config {args.config} {' '.join(args.overrides)}".rstrip())
         print(format_memory_plan(plan))
+        if video is not None:
+            print()
+            print(format_sequence_plan(video))
         for bw, steps, cross in scaling:
             print()
             print(format_step_times(steps, cross, bw, useful))
