@@ -10,8 +10,9 @@ from typing import Any
 
 from sa2va_ray.config import Config
 from sa2va_ray.data.annotations import Sample
+from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX
 from sa2va_ray.data.pseudonymise import Pseudonymiser, image_names, install_log_pseudonymiser, load_salt
-from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, split_records
+from sa2va_ray.data.split import split_records
 from sa2va_ray.data.text_rules import text_rules_for_config
 from sa2va_ray.data.validate import ValidationReport, load_valid_samples
 
@@ -99,7 +100,7 @@ def prepare_splits(cfg: Config) -> Splits:
                            for r in records]
             (out / f"{name}.json").write_text(json.dumps(records))
         splits = Splits(train, val, d.images_dir, {"all": rep})
-    from sa2va_ray.data.split import group_id
+    from sa2va_ray.data.patients import group_id
 
     splits.train_patients = len({group_id(s.image, regex) for s in splits.train})
     splits.val_patients = len({group_id(s.image, regex) for s in splits.val})

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, group_of_match
+from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX, group_of_match
 
 HASH_LENGTH = 12
 SALT_ENV = "SA2VA_SALT"
@@ -100,7 +100,7 @@ def pseudonymise_name(file_name: str, salt: str, regex: str | re.Pattern[str] = 
     Args:
         file_name: Image file name or relative path.
         salt: Secret salt (same salt, same pseudonym).
-        regex: Group pattern (see :func:`sa2va_ray.data.split.group_id`).
+        regex: Group pattern (see :func:`sa2va_ray.data.patients.group_id`).
 
     Returns:
         The pseudonymised name.

@@ -16,7 +16,7 @@ groups ``run`` and ``frame`` (digits). Rules, applied by :func:`discover_runs`:
 * A run mixing image sizes (when ``sizes`` are given) is split into one run per size: the most common size keeps
   the run id, the others get ``@<W>x<H>``, with the warning ``mixed_sizes`` (a SAM2 video has one size).
 * The patient of a run is parsed from its first frame with the split's group regex
-  (:func:`sa2va_ray.data.split.group_id`); frames that parse to other patients add the warning ``mixed_patients``
+  (:func:`sa2va_ray.data.patients.group_id`); frames that parse to other patients add the warning ``mixed_patients``
   (the split then keeps the run whole anyway).
 
 Every input record lands in exactly one run. Pure Python: no torch, no Ray.
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, group_id
+from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX, group_id
 
 DEFAULT_RUN_REGEX = r"^(?P<run>.+)_frame_(?P<frame>\d+)(?:\.[A-Za-z0-9]+)?$"
 """The run is everything before the last ``_frame_``, the frame number the digits after it."""
@@ -58,7 +58,7 @@ class Run:
 
     Attributes:
         run_id: The ``run`` group of the regex (the image name for unmatched names); unique among the runs.
-        patient: Split group of the run (see :func:`sa2va_ray.data.split.group_id`).
+        patient: Split group of the run (see :func:`sa2va_ray.data.patients.group_id`).
         frames: Image names, ordered by frame number.
         frame_numbers: Frame number of each frame (0 for an unmatched name), strictly increasing.
         record_indices: For each frame, the position of its first record in the list given to

@@ -31,47 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from sa2va_ray.data.annotations import AnnotationFileError, load_annotation_list
+from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX, compile_group_regex, parse_group
+from sa2va_ray.data.runs import compile_run_regex, parse_run
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VAL_FRACTION = 0.25
 """Target fraction of records in validation: the CLI's default and the config's (``data.val_fraction``)."""
-DEFAULT_GROUP_REGEX = r"(?P<name>[^/\\()]*?)\s*\((?P<id>\d+)\)"
-"""Patient name (without path separators or parentheses) followed by the patient id in parentheses."""
-
-
-def _compile(regex: str | re.Pattern[str]) -> re.Pattern[str]:
-    return regex if isinstance(regex, re.Pattern) else re.compile(regex)
-
-
-def group_of_match(m: re.Match[str]) -> str:
-    """Returns the group id of a regex match: named group ``id``, else the captured groups, else the match."""
-    if "id" in m.re.groupindex and m.group("id") is not None:
-        return m.group("id")
-    groups = [g for g in m.groups() if g is not None]
-    return "|".join(groups) if groups else m.group(0)
-
-
-def parse_group(file_name: str, regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX) -> str | None:
-    """Returns the patient/group id parsed from a file name, or None when the name does not match."""
-    m = _compile(regex).search(file_name)
-    return group_of_match(m) if m else None
-
-
-def group_id(file_name: str, regex: str | re.Pattern[str] = DEFAULT_GROUP_REGEX) -> str:
-    """Returns the split group of a file name: the parsed patient id, or the file name itself when unmatched.
-
-    Args:
-        file_name: Image file name, e.g. ``Name(0000932433)_1-3_1_051C3E6A_frame_000011.jpg``.
-        regex: Pattern with a named group ``id`` (or other capture groups); searched, not anchored.
-
-    Returns:
-        ``"0000932433"`` for the example above; ``file_name`` when it does not match.
-    """
-    g = parse_group(file_name, regex)
-    return file_name if g is None else g
-
-
 @dataclass
 class SplitResult:
     """Outcome of :func:`split_records`: records (unchanged, original order) and groups per split."""
@@ -104,7 +70,7 @@ def split_records(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    pattern = _compile(regex)
+    pattern = compile_group_regex(regex)
     members: dict[str, list[int]] = defaultdict(list)
     unmatched: list[str] = []
     for i, rec in enumerate(records):
@@ -170,7 +136,6 @@ def _join_groups_of_runs(
         ``(members, joined)``: records per group after joining, and the original groups of each joined one.
         Without runs across groups, ``members`` is returned unchanged (the split is the same as by patient alone).
     """
-    from sa2va_ray.data.runs import compile_run_regex, parse_run  # runs imports this module
 
     pattern = compile_run_regex(run_regex)
     gid_of = {i: gid for gid, idx in members.items() for i in idx}

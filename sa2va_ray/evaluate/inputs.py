@@ -18,8 +18,8 @@ from typing import Any
 
 from sa2va_ray.config import Config, config_from_dict, config_to_dict
 from sa2va_ray.data.annotations import AnnotationFileError, Sample, load_annotation_list
+from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX, group_id
 from sa2va_ray.data.pseudonymise import Pseudonymiser
-from sa2va_ray.data.split import DEFAULT_GROUP_REGEX, group_id
 from sa2va_ray.evaluate.table import validation_error_rows
 
 log = logging.getLogger(__name__)

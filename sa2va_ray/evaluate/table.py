@@ -123,7 +123,7 @@ def finish_table(
 
     Args:
         parts: row frames (predicted rows, validation error rows).
-        patient_of: raw image name -> patient id (the run's one rule, :func:`sa2va_ray.data.split.group_id`).
+        patient_of: raw image name -> patient id (the run's one rule, :func:`sa2va_ray.data.patients.group_id`).
         pseudonymiser: with ``data.pseudonymise``, the run's pseudonymiser.
     """
     table = pd.concat([p for p in parts if len(p)], ignore_index=True)

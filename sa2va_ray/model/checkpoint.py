@@ -7,7 +7,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -15,8 +14,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.initialization import no_init_weights
 
-if TYPE_CHECKING:
-    from sa2va_ray.model.sa2va import Sa2VAModel
 
 class LayoutError(ValueError):
     """A model directory that cannot be read as the layout it claims; the message names the file and the key."""
@@ -159,7 +156,9 @@ def tied_targets(model: torch.nn.Module) -> set[str]:
     return set(mapping)
 
 
-def save_pretrained_model(model: Sa2VAModel, directory: str | os.PathLike, max_shard_size: str | int = "5GB") -> None:
+def save_pretrained_model(
+    model: torch.nn.Module, directory: str | os.PathLike, max_shard_size: str | int = "5GB"
+) -> None:
     """Write config, safetensors (sharded when larger than `max_shard_size`), tokenizer and processor config."""
     from sa2va_ray.model.lora import has_lora
 
@@ -235,19 +234,13 @@ def read_config_json(directory: str | os.PathLike) -> dict:
 
 
 def load_pretrained_model(cls: type, directory: str | os.PathLike, *, config=None, dtype=None, device=None):
-    """Body of `Sa2VAModel.from_pretrained`: check the layout from the headers, build, load every tensor strictly,
-    attach the processor. A directory in the official Sa2VA layout is loaded with `load_from_official_sa2va`."""
+    """Body of `Sa2VAModel.from_pretrained` for our own layout: check the layout from the headers, build, load every
+    tensor strictly, attach the processor (the official layout goes to `official_load.load_official` instead)."""
     from sa2va_ray.model.config import Sa2VAConfig
-    from sa2va_ray.model.official import is_official_config
     from sa2va_ray.model.processor import Sa2VAProcessor
 
     directory = Path(directory)
     raw = read_config_json(directory)
-    if config is None and is_official_config(raw):
-        from sa2va_ray.model.loaders import load_from_official_sa2va
-
-        model = load_from_official_sa2va(directory, dtype=dtype)
-        return model.to(device) if device is not None else model
     if config is None:
         if raw.get("model_type") != Sa2VAConfig.model_type:
             raise LayoutError(f"{directory}/config.json: model_type {raw.get('model_type')!r} is neither "

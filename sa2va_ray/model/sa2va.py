@@ -16,9 +16,10 @@ from torch import nn
 from transformers import InternVLForConditionalGeneration, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from sa2va_ray.model.checkpoint import load_pretrained_model, save_pretrained_model
+from sa2va_ray.model.checkpoint import load_pretrained_model, read_config_json, save_pretrained_model
 from sa2va_ray.model.config import Sa2VAConfig
 from sa2va_ray.model.losses import compute_mask_losses
+from sa2va_ray.model.official import is_official_config
 from sa2va_ray.model.predict import PredictMixin
 from sa2va_ray.model.processor import IGNORE_INDEX, Sa2VAProcessor
 from sa2va_ray.model.sam2_builder import build_sam2
@@ -268,7 +269,8 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         device: str | torch.device | None = None,
         **kwargs,
     ) -> Sa2VAModel:
-        """Load a directory written by `save_pretrained` (local only). Every tensor must match: missing,
+        """Load a directory written by `save_pretrained`, or one in the official Sa2VA layout (local only; see
+        `load_from_official_sa2va`). Every tensor must match: missing,
         unexpected or mis-shaped keys raise ValueError listing them. `torch_dtype` is accepted for `dtype`, a string
         `device_map` for `device`; other hub-style kwargs (revision, cache_dir, ...) are ignored."""
         if model_args:
@@ -278,4 +280,9 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise NotImplementedError("device_map must be a single device; shard with DeepSpeed instead")
         device = device if device is not None else device_map
+        if config is None and is_official_config(read_config_json(pretrained_model_name_or_path)):
+            from sa2va_ray.model.official_load import load_official
+
+            model = load_official(cls, pretrained_model_name_or_path, dtype=dtype)
+            return model.to(device) if device is not None else model
         return load_pretrained_model(cls, pretrained_model_name_or_path, config=config, dtype=dtype, device=device)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from sa2va_ray.data.split import group_id, parse_group, split_records
+from sa2va_ray.data.patients import group_id, parse_group
+from sa2va_ray.data.split import split_records
 
 
 def _records(patients: int = 10, frames: int = 4) -> list[dict]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sa2va_ray.data.annotations import load_image, load_samples, rasterize_polygons
-from sa2va_ray.data.split import parse_group
+from sa2va_ray.data.patients import parse_group
 from sa2va_ray.data.synthetic import generate_synthetic_set, synthesize_patient
 
 

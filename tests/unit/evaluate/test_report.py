@@ -219,7 +219,7 @@ def test_write_overlays_and_histogram(tmp_path):
 
 def test_invalid_records_get_rows_in_the_split_of_their_patient(tmp_path):
     from sa2va_ray.config import load_config
-    from sa2va_ray.data.split import group_id
+    from sa2va_ray.data.patients import group_id
     from sa2va_ray.data.synthetic import generate_synthetic_set
     from sa2va_ray.evaluate.pipeline import collect_eval_inputs
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from sa2va_ray.data.annotations import Sample
+from sa2va_ray.data.patients import group_id
 from sa2va_ray.data.pseudonymise import Pseudonymiser, hash_identifier, pseudonymise_name
-from sa2va_ray.data.split import group_id
 from sa2va_ray.evaluate import overlays
 from sa2va_ray.evaluate.table import OUTPUT_COLUMNS, empty_row, finish_table, mark_error, missing_rows
 
