@@ -28,7 +28,7 @@ from sa2va_ray.model.processor import Sa2VAProcessor
 from sa2va_ray.model.tokenizer import build_tokenizer, special_token_ids
 
 FIXTURE = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "sa2va_internvl3_8b"
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"{FIXTURE} (../shared beside the checkout) is missing")
+needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"{FIXTURE} (../shared beside the checkout) is missing")
 IMAGES = [(np.random.default_rng(5).random((45, 70, 3)) * 255).astype(np.uint8)]
 
 
@@ -51,6 +51,7 @@ def real_8b():
     return build_meta_model(Sa2VAModel, config)
 
 
+@needs_fixture
 def test_every_key_of_the_real_index_has_one_place_and_covers_the_model(real_8b):
     index = _fixture("model.safetensors.index.json")
     keys = list(index["weight_map"])
@@ -77,6 +78,7 @@ def test_every_key_of_the_real_index_has_one_place_and_covers_the_model(real_8b)
     assert size == index["metadata"]["total_size"]
 
 
+@needs_fixture
 def test_our_export_names_are_the_real_index(real_8b):
     keys = set(_fixture("model.safetensors.index.json")["weight_map"])
     names = {ours_key_to_official(k) for k in set(real_8b.state_dict()) - tied_targets(real_8b)}
@@ -102,6 +104,7 @@ def real_tokenizer_dir(tmp_path_factory):
     return root
 
 
+@needs_fixture
 def test_the_real_token_ids_are_what_the_processor_uses(real_tokenizer_dir, real_8b):
     tokenizer = build_tokenizer(real_tokenizer_dir)
     added = _fixture("added_tokens.json")
@@ -117,6 +120,7 @@ def test_the_real_token_ids_are_what_the_processor_uses(real_tokenizer_dir, real
     assert seq.count(151674) == 1 and seq[-1] == 151645
 
 
+@needs_fixture
 @pytest.mark.parametrize("name,llm,ok", [
     ("InternVL3-2B", dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                           intermediate_size=8960, architectures=["Qwen2ForCausalLM"]), True),
@@ -164,6 +168,7 @@ def tiny_official(tmp_path_factory):
     return model, out
 
 
+@needs_fixture
 def test_official_export_has_the_real_layout_and_round_trips_bit_exactly(tiny_official):
     model, out = tiny_official
     written = load_file(out / "model.safetensors")
