@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     from sa2va_ray.train.driver import run_training_driver
 
     outcome = run_training_driver(cfg)
+    from sa2va_ray.export.exporter import export_outcome
+
+    export_outcome(outcome, cfg.output_dir)
     print(f"model: {outcome.model_dir}\ncheckpoint: {outcome.checkpoint}", flush=True)
 
     _banner("5/5 evaluation (Ray Data) of the untrained and the trained model")

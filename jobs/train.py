@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     from sa2va_ray.train.driver import run_training_driver
 
     outcome = run_training_driver(cfg)
+    from sa2va_ray.export.exporter import export_outcome
+
+    export_outcome(outcome, cfg.output_dir)
     save_config(cfg, command=command_line())  # after the outputs it describes: an interrupted run leaves the old one
     print(f"[train] done: model in {outcome.model_dir}, checkpoint {outcome.checkpoint}", flush=True)
     return 0

@@ -82,6 +82,21 @@ def export_checkpoint(
     return out
 
 
+def export_outcome(outcome, output_dir: str | Path) -> str | None:
+    """Export a training run's chosen checkpoint (`TrainOutcome.chosen`) to ``output_dir/model``, verified; sets and
+    returns ``outcome.model_dir`` (None when the run wrote no checkpoint)."""
+    import json
+
+    if outcome.chosen is None:
+        return None
+    with outcome.chosen.as_directory() as d:
+        state = json.loads((Path(d) / "train_state.json").read_text())
+        print(f"[train] exporting checkpoint of step {state['step']} "
+              f"(val/dice {state['metrics'].get('val/dice', float('nan')):.4f}) to {output_dir}/model", flush=True)
+        outcome.model_dir = str(export_checkpoint(d, Path(output_dir) / "model"))
+    return outcome.model_dir
+
+
 def export_official(path: str | Path, out_dir: str | Path, code_from: str | Path | None, source: str = "auto") -> Path:
     """A training checkpoint (LoRA merged) or a model directory -> a verified directory in the official Sa2VA layout
     (see :mod:`sa2va_ray.export.official`)."""

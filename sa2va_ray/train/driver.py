@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ class TrainOutcome:
     """What a finished training run produced."""
 
     metrics: dict[str, Any]
-    checkpoint: str | None  # path of the exported checkpoint (best by val/dice or the last)
-    model_dir: str | None
+    checkpoint: str | None  # path of the chosen checkpoint (best by val/dice or the last)
     run_path: str
+    chosen: Any = None  # that checkpoint as a `ray.train.Checkpoint` (the job exports it: jobs/train.py)
+    model_dir: str | None = None  # set by the job once exported
 
 
 def build_trainer(cfg: Config, splits: Splits, run_config=None):
@@ -94,12 +94,12 @@ def pick_checkpoint(result, prefer_best: bool):
 
 
 def run_training_driver(cfg: Config) -> TrainOutcome:
-    """Validate and split the data, train on Ray workers, export the chosen checkpoint to ``output_dir/model``."""
+    """Validate and split the data, train on Ray workers, choose the checkpoint to export (best by val/dice, or the
+    last); the job exports it (`sa2va_ray.export.exporter.export_outcome`)."""
     from sa2va_ray.data.annotations import AnnotationFileError
-    from sa2va_ray.export.exporter import export_checkpoint
     from sa2va_ray.train.resources import check_training_fits
 
-    select_deepspeed_accelerator(cfg.scaling.use_gpu)  # the export below imports DeepSpeed in this process
+    select_deepspeed_accelerator(cfg.scaling.use_gpu)  # the job's export imports DeepSpeed in this process
     quiet_known_warnings()
     splits = prepare_splits(cfg)
     print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
@@ -112,16 +112,5 @@ def run_training_driver(cfg: Config) -> TrainOutcome:
     if result.error:
         raise result.error
     ckpt = pick_checkpoint(result, cfg.train.export_best)
-    model_dir = None
-    ckpt_path = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            ckpt_path = str(d)
-            state = json.loads((Path(d) / "train_state.json").read_text())
-            print(f"[train] exporting checkpoint of step {state['step']} "
-                  f"(val/dice {state['metrics'].get('val/dice', float('nan')):.4f}) to {cfg.output_dir}/model",
-                  flush=True)
-            model_dir = str(export_checkpoint(d, Path(cfg.output_dir) / "model"))
-        ckpt_path = ckpt.path
-    return TrainOutcome(metrics=dict(result.metrics or {}), checkpoint=ckpt_path, model_dir=model_dir,
-                        run_path=str(result.path))
+    return TrainOutcome(metrics=dict(result.metrics or {}), checkpoint=ckpt.path if ckpt is not None else None,
+                        run_path=str(result.path), chosen=ckpt)
