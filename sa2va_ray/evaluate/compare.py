@@ -87,7 +87,7 @@ def compare_tables(
     metrics = [m for m in SUMMARY_METRICS if m in a.columns and m in b.columns]
     metrics = [m for m in metrics if a[m].notna().any() or b[m].notna().any()]
     has_hash = "pred_hash" in a.columns and "pred_hash" in b.columns
-    cols = [c for c in (*KEY_COLUMNS, *metrics, "pred_hash") if c in a.columns and c in b.columns]
+    cols = [c for c in (*KEY_COLUMNS, "patient", *metrics, "pred_hash") if c in a.columns and c in b.columns]
     j = a[cols].merge(b[cols], on="sample_id", how="outer", suffixes=("_a", "_b"), indicator=True)
     both = j[(j["_merge"] == "both") & (j["status_a"] == "ok") & (j["status_b"] == "ok")]
     for m in metrics:
@@ -95,9 +95,10 @@ def compare_tables(
     if has_hash:
         j["same_prediction"] = (j["pred_hash_a"] == j["pred_hash_b"]) & (j["pred_hash_a"].fillna("") != "")
 
+    patients = both["patient_a"].to_numpy(object) if "patient_a" in both.columns else None  # resampled together
     stats = {
         m: paired_comparison(both[f"{m}_a"], both[f"{m}_b"], n_boot=n_boot, tol=tolerance,
-                             higher_is_better=m not in LOWER_IS_BETTER)
+                             higher_is_better=m not in LOWER_IS_BETTER, clusters=patients)
         for m in metrics
     }  # fmt: skip
     fp_a, fp_b = str(summary_a.get("model_fingerprint") or ""), str(summary_b.get("model_fingerprint") or "")
@@ -126,6 +127,7 @@ def compare_tables(
         "identical_metrics": same_samples and same_status and same_metrics,
         "identical_predictions": bool(same_samples and same_status and same_metrics and same_hashes is not False),
         "prediction_hashes_compared": has_hash,
+        "n_patients": len(set(map(str, patients))) if patients is not None else None,
     }
     order = j.loc[both.index].assign(_abs=lambda t: t["dice_diff"].abs()) if "dice" in metrics else both.iloc[:0]
     changed = order.sort_values(["_abs", "sample_id"], ascending=[False, True]).head(top).drop(columns="_abs") \
@@ -201,6 +203,9 @@ def format_comparison(c: Comparison) -> str:
         f"identical predictions on every sample: **{'yes' if f['identical_predictions'] else 'no'}**",
         f"- paired samples (ok in both): {f['n_paired']}; failed in either: {f['n_failed_either']}; "
         f"only in a: {f['n_only_a']}; only in b: {f['n_only_b']}",
+        "- CIs: paired bootstrap over "
+        + (f"{f['n_patients']} patients (a patient's samples resampled together)" if f.get("n_patients")
+           else "samples"),
         "",
         "| metric | mean a | mean b | mean b−a | 95% CI (paired bootstrap) | median b−a | Wilcoxon p "
         "| b better | b worse | tied |",

@@ -72,9 +72,13 @@ def summarise_samples(
         "errors_by_code": dict(Counter(failed.get("error_code", pd.Series(dtype=str)).astype(str)).most_common()),
     }
     summary.update(extra)
+    patients = ok["patient"].to_numpy(object) if "patient" in ok.columns else None  # frames of a patient together
+    summary["n_patients_ok"] = int(len(set(map(str, patients)))) if patients is not None else None
+    summary["ci_level"] = "patient" if patients is not None else "sample"
     summary["metrics"] = {
-        name: summarise_metric(ok[name].to_numpy(float), n_boot=n_boot, seed=seed) for name in metrics if name in df
-    }
+        name: summarise_metric(ok[name].to_numpy(float), n_boot=n_boot, seed=seed, clusters=patients)
+        for name in metrics if name in df
+    }  # fmt: skip
     return summary
 
 
@@ -88,6 +92,10 @@ def _fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+MIN_PATIENTS_FOR_CI = 5
+"""Below this many patients the summary warns that its intervals mean little."""
 
 
 def format_metric_table(summary: dict[str, Any]) -> str:
@@ -115,8 +123,15 @@ def format_summary_markdown(
         "",
         format_metric_table(summary),
         "",
-        "Means are over ok samples; 95% CI: percentile bootstrap over images; n_nan: undefined values (excluded).",
+        "Means are over ok samples; 95% CI: percentile bootstrap over "
+        + ("patients (all frames of a patient resampled together)" if summary.get("ci_level") == "patient"
+           else "samples") + "; n_nan: undefined values (excluded).",
     ]
+    n_pat = summary.get("n_patients_ok")
+    if n_pat is not None and n_pat < MIN_PATIENTS_FOR_CI:
+        lines += ["", f"**Warning:** only {n_pat} patient(s) have scored samples: with fewer than "
+                      f"{MIN_PATIENTS_FOR_CI} patients a confidence interval says little (frames of one patient "
+                      "are near-duplicates, so the samples are not independent)."]
     if summary["errors_by_code"]:
         lines += ["", "## Failures", "", ", ".join(f"{k}: {v}" for k, v in summary["errors_by_code"].items())]
         if failures is not None and len(failures):

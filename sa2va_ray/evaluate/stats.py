@@ -2,104 +2,83 @@
 
 Non-finite values (NaN for undefined metrics or failed samples; inf should never occur but is treated the
 same) are excluded and counted, so a mean is never NaN or inf because of one bad sample.
-Bootstrap intervals are percentile intervals over resampled images (samples drawn with replacement).
+Bootstrap intervals are percentile intervals of ``scipy.stats.bootstrap`` over resampled patients (all frames of a
+patient drawn together; frames of one patient are near-duplicates), or over samples when no patient is known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from scipy import stats as sps
 
-# Rows of the (n_boot, n) index matrix drawn at once: bounds memory to ~_CHUNK_ELEMS * 16 bytes.
-_CHUNK_ELEMS = 4_000_000
-
-
-def _finite_values(values) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    return arr[np.isfinite(arr)]
-
-
-def _apply_statistic(statistic: Callable, samples: np.ndarray) -> np.ndarray:
-    """statistic over axis 1 of (B, n) samples, vectorised when the callable accepts ``axis``."""
-    try:
-        out = np.asarray(statistic(samples, axis=1), dtype=np.float64)
-        if out.shape == (samples.shape[0],):
-            return out
-    except TypeError:
-        pass
-    return np.array([statistic(row) for row in samples], dtype=np.float64)
-
-
-def bootstrap_distribution(values, n_boot: int = 1000, seed: int = 0, statistic: Callable = np.mean) -> np.ndarray:
-    """Bootstrap replicates of ``statistic`` over the non-NaN values.
-
-    Args:
-        values: per-sample values, shape (n,); NaN entries are dropped first.
-        n_boot: number of resamples.
-        seed: seed of the numpy Generator.
-        statistic: reduction; called as ``statistic(x, axis=1)`` on a (B, n) block when possible.
-
-    Returns:
-        float64 array (n_boot,), empty when no value is left.
-    """
-    x = _finite_values(values)
-    if x.size == 0 or n_boot <= 0:
-        return np.empty(0, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_ELEMS // x.size)
-    reps = []
-    for start in range(0, n_boot, rows):
-        idx = rng.integers(0, x.size, size=(min(rows, n_boot - start), x.size))  # (B, n)
-        reps.append(_apply_statistic(statistic, x[idx]))
-    return np.concatenate(reps)
-
 
 def bootstrap_ci(
-    values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, statistic: Callable = np.mean
+    values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, clusters=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic``, resampling samples (images).
+    """Percentile bootstrap CI of the mean, resampling clusters (a patient's frames together) with
+    ``scipy.stats.bootstrap``; without ``clusters`` every value is its own cluster.
+
+    The resampled statistic is the mean over all values of the drawn clusters (sum over count, both resampled as
+    pairs), so a patient with 20 near-identical frames weighs as one draw, not 20: frames of one patient are not
+    independent. The percentile method is used rather than scipy's default BCa, whose jackknife is undefined for
+    the few patients small sets have.
 
     Args:
-        values: per-sample values, shape (n,); NaN entries are ignored.
+        values: per-sample values, shape (n,); NaN and inf entries are dropped (with their cluster labels).
         n_boot: number of resamples.
         alpha: 1 - confidence level (0.05 → 95% interval).
         seed: seed, so the same values always give the same interval.
-        statistic: reduction, ``np.mean`` by default.
+        clusters: per-sample cluster labels (e.g. patient ids), shape (n,), or None.
 
     Returns:
-        (low, high); (NaN, NaN) when no non-NaN value is left.
+        (low, high); (NaN, NaN) with fewer than two clusters (no interval can be estimated) or no value.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
-    reps = bootstrap_distribution(values, n_boot=n_boot, seed=seed, statistic=statistic)
-    if reps.size == 0:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    labels = np.arange(v.size) if clusters is None else np.asarray(clusters, dtype=object).ravel()
+    if labels.shape != v.shape:
+        raise ValueError(f"bootstrap_ci: {v.size} values but {labels.size} cluster labels")
+    keep = np.isfinite(v)
+    v, labels = v[keep], labels[keep]
+    _, index = np.unique(labels.astype(str), return_inverse=True)
+    sums, counts = np.bincount(index, weights=v), np.bincount(index).astype(np.float64)  # per cluster
+    if sums.size < 2 or n_boot <= 0:
         return float("nan"), float("nan")
-    low, high = np.quantile(reps, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
+    if np.all(sums / counts == sums[0] / counts[0]):  # every cluster has the same mean: no spread to estimate
+        return float(sums[0] / counts[0]), float(sums[0] / counts[0])
+    res = sps.bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis=axis) / c.sum(axis=axis), paired=True,
+                        vectorized=True, n_resamples=n_boot, confidence_level=1.0 - alpha, method="percentile",
+                        rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def summarise_metric(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, float | int]:
-    """Mean, median and bootstrap CI of one metric over samples.
+def summarise_metric(
+    values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, clusters=None
+) -> dict[str, float | int]:
+    """Mean, median and bootstrap CI of one metric over samples (patient-level when ``clusters`` are given).
 
     Args:
         values: per-sample values, shape (n,); NaN (and inf) entries are excluded and counted in ``n_nan``.
         n_boot: bootstrap resamples for the CI of the mean.
         alpha: 1 - confidence level.
         seed: bootstrap seed.
+        clusters: per-sample patient ids: the CI resamples patients (see :func:`bootstrap_ci`).
 
     Returns:
-        ``{"mean", "median", "ci_low", "ci_high", "n", "n_nan"}``; all-NaN or empty input gives NaN
+        ``{"mean", "median", "ci_low", "ci_high", "n", "n_nan", "n_clusters"}``; all-NaN or empty input gives NaN
         statistics and n = 0.
     """
     arr = np.asarray(values, dtype=np.float64).ravel()
-    n_nan = int((~np.isfinite(arr)).sum())
-    x = _finite_values(arr)
+    finite = np.isfinite(arr)
+    n_nan = int((~finite).sum())
+    x = arr[finite]
+    labels = None if clusters is None else np.asarray(clusters, dtype=object).ravel()[finite]
+    n_clusters = int(x.size if labels is None else len(set(map(str, labels))))
     if x.size == 0:
         nan = float("nan")
-        return {"mean": nan, "median": nan, "ci_low": nan, "ci_high": nan, "n": 0, "n_nan": n_nan}
-    low, high = bootstrap_ci(x, n_boot=n_boot, alpha=alpha, seed=seed)
+        return {"mean": nan, "median": nan, "ci_low": nan, "ci_high": nan, "n": 0, "n_nan": n_nan, "n_clusters": 0}
+    low, high = bootstrap_ci(x, n_boot=n_boot, alpha=alpha, seed=seed, clusters=labels)
     return {
         "mean": float(x.mean()),
         "median": float(np.median(x)),
@@ -107,6 +86,7 @@ def summarise_metric(values, n_boot: int = 1000, alpha: float = 0.05, seed: int 
         "ci_high": high,
         "n": int(x.size),
         "n_nan": n_nan,
+        "n_clusters": n_clusters,
     }
 
 
@@ -118,6 +98,7 @@ def paired_comparison(
     seed: int = 0,
     tol: float = 0.0,
     higher_is_better: bool = True,
+    clusters=None,
 ) -> dict[str, float | int | bool]:
     """Paired comparison of two models' per-sample values of one metric (sample i of ``a`` ↔ sample i of ``b``).
 
@@ -134,6 +115,7 @@ def paired_comparison(
         tol: |b - a| <= tol counts as tied.
         higher_is_better: whether larger values are better (False for hd95 and Betti errors); decides which
             side counts as better.
+        clusters: per-pair patient ids: the CI of the mean difference resamples patients (their pairs together).
 
     Returns:
         dict with ``n, n_excluded, mean_a, mean_b, mean_diff, median_diff, ci_low, ci_high, p_value,
@@ -146,6 +128,7 @@ def paired_comparison(
         raise ValueError(f"paired_comparison: a and b have different lengths: {xa.size} vs {xb.size}")
     ok = np.isfinite(xa) & np.isfinite(xb)
     xa, xb = xa[ok], xb[ok]
+    labels = None if clusters is None else np.asarray(clusters, dtype=object).ravel()[ok]
     diff = xb - xa  # (n,)
     n = int(diff.size)
     nan = float("nan")
@@ -164,7 +147,7 @@ def paired_comparison(
         p_value = 1.0
     else:
         p_value = float(sps.wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
-    low, high = bootstrap_ci(diff, n_boot=n_boot, alpha=alpha, seed=seed)
+    low, high = bootstrap_ci(diff, n_boot=n_boot, alpha=alpha, seed=seed, clusters=labels)
     result.update(
         mean_a=float(xa.mean()),
         mean_b=float(xb.mean()),

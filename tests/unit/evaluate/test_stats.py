@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from sa2va_ray.evaluate.stats import bootstrap_ci, bootstrap_distribution, paired_comparison, summarise_metric
+from sa2va_ray.evaluate.stats import bootstrap_ci, paired_comparison, summarise_metric
 
 
 def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
@@ -28,23 +26,42 @@ def test_bootstrap_ci_ignores_nan_and_is_seeded():
     assert bootstrap_ci(x, seed=3) == bootstrap_ci(x[~np.isnan(x)], seed=3)
     assert bootstrap_ci(x, seed=3) != bootstrap_ci(x, seed=4)
     assert all(np.isnan(bootstrap_ci([np.nan, np.nan])))
-    assert bootstrap_ci([0.4]) == (0.4, 0.4)
+    assert all(np.isnan(bootstrap_ci([0.4])))  # one value: no spread to estimate
+    assert bootstrap_ci([0.4, 0.4, 0.4]) == (0.4, 0.4)
 
 
-def test_bootstrap_ci_other_statistic_and_non_vectorised_callable():
-    x = np.arange(101, dtype=float)
-    low, high = bootstrap_ci(x, n_boot=200, statistic=np.median)
-    assert low <= 50 <= high
-    reps = bootstrap_distribution(x, n_boot=50, statistic=lambda v: float(np.max(v)))  # no ``axis`` argument
-    assert reps.shape == (50,) and reps.max() <= 100
+def test_identical_frames_per_patient_give_the_ci_of_one_frame_per_patient():
+    rng = np.random.default_rng(2)
+    per_patient = rng.uniform(0.3, 0.9, 8)  # 8 patients
+    one = bootstrap_ci(per_patient, n_boot=2000, seed=5, clusters=np.arange(8))
+    frames = np.repeat(per_patient, 20)  # 20 identical frames each
+    patients = np.repeat([f"p{i}" for i in range(8)], 20)
+    assert bootstrap_ci(frames, n_boot=2000, seed=5, clusters=patients) == pytest.approx(one, abs=1e-12)
+    naive = bootstrap_ci(frames, n_boot=2000, seed=5)  # as if the 160 frames were independent
+    assert (naive[1] - naive[0]) < 0.5 * (one[1] - one[0])
 
 
-def test_bootstrap_ci_fast_on_10k_values():
-    x = np.random.default_rng(0).random(10_000)
-    start = time.perf_counter()
-    low, high = bootstrap_ci(x, n_boot=1000)
-    assert time.perf_counter() - start < 3.0
-    assert low < x.mean() < high
+def test_cluster_ci_matches_a_hand_rolled_cluster_bootstrap():
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(6), [2, 5, 3, 8, 1, 4])
+    values = rng.uniform(0, 1, patients.size) + patients * 0.05
+    low, high = bootstrap_ci(values, n_boot=4000, seed=1, clusters=patients)
+    draws = rng.integers(0, 6, size=(4000, 6))  # resample patients, their frames together
+    sums, counts = np.bincount(patients, weights=values), np.bincount(patients)
+    ref = np.quantile(sums[draws].sum(1) / counts[draws].sum(1), [0.025, 0.975])
+    assert low == pytest.approx(ref[0], abs=0.02) and high == pytest.approx(ref[1], abs=0.02)
+    with pytest.raises(ValueError, match="5 values but 6 cluster labels"):
+        bootstrap_ci(values[:5], clusters=patients[:6])
+
+
+def test_paired_differences_resample_patients_too():
+    patients = np.repeat(np.arange(5), 10)
+    shift = np.repeat(np.array([0.0, 0.1, -0.05, 0.2, 0.02]), 10)
+    a = np.full(50, 0.5)
+    by_patient = paired_comparison(a, a + shift, n_boot=2000, clusters=patients)
+    by_sample = paired_comparison(a, a + shift, n_boot=2000)
+    assert by_patient["mean_diff"] == pytest.approx(shift.mean())
+    assert (by_patient["ci_high"] - by_patient["ci_low"]) > 2 * (by_sample["ci_high"] - by_sample["ci_low"])
 
 
 def test_summarise_metric_counts_nan():
@@ -55,7 +72,9 @@ def test_summarise_metric_counts_nan():
     empty = summarise_metric([np.nan, np.nan])
     assert empty["n"] == 0 and empty["n_nan"] == 2
     assert all(np.isnan(empty[k]) for k in ("mean", "median", "ci_low", "ci_high"))
-    assert set(summarise_metric([]).keys()) == {"mean", "median", "ci_low", "ci_high", "n", "n_nan"}
+    assert set(summarise_metric([]).keys()) == {"mean", "median", "ci_low", "ci_high", "n", "n_nan", "n_clusters"}
+    by_patient = summarise_metric([0.2, 0.3, 0.8, 0.9, np.nan], clusters=["a", "a", "b", "b", "c"])
+    assert by_patient["n_clusters"] == 2 and by_patient["n"] == 4
 
 
 def test_paired_comparison_identical():
