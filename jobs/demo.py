@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation Dice, untrained tiny Sa2VA: {d0:.4f}")
     print(f"validation Dice, trained tiny Sa2VA:   {d1:.4f}   "
           f"(95% CI {trained['metrics']['dice']['ci_low']:.4f}..{trained['metrics']['dice']['ci_high']:.4f}, "
-          f"{trained['n_ok']} samples)")
+          f"{trained['n_ok']} samples of {trained.get('n_patients_ok')} patients; the CI resamples patients)")
     print(f"tables and overlays: {Path(cfg.output_dir) / 'eval'}  |  model: {outcome.model_dir}")
 
     _banner("runs as video: sequence mode beside frame mode (trained model)")
