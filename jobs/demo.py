@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     _banner("4/5 distributed training (Ray Train + DeepSpeed)")
     from sa2va_ray.train.driver import run_training_driver
 
-    outcome = run_training_driver(cfg)
+    outcome = run_training_driver(cfg, splits)
     from sa2va_ray.export.exporter import export_outcome
 
     export_outcome(outcome, cfg.output_dir)

@@ -21,10 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     check_model_path(cfg.model.path)
     check_data_paths(cfg)
+    from sa2va_ray.data.prepare import prepare_splits, require_training_splits
+
+    splits = prepare_splits(cfg)  # validation and the patient split need no Ray: bad data fails before it starts
+    print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
+    require_training_splits(cfg, splits)
     init_ray()
     from sa2va_ray.train.driver import run_training_driver
 
-    outcome = run_training_driver(cfg)
+    outcome = run_training_driver(cfg, splits)
     from sa2va_ray.export.exporter import export_outcome
 
     export_outcome(outcome, cfg.output_dir)

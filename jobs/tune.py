@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(__doc__.splitlines()[0], argv)
     check_model_path(cfg.model.path)
     check_data_paths(cfg)
+    from sa2va_ray.data.prepare import prepare_splits, require_training_splits
+
+    splits = prepare_splits(cfg)  # validation and the patient split need no Ray: bad data fails before it starts
+    print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
+    require_training_splits(cfg, splits, need_val=True)
     init_ray()
     from sa2va_ray.train.resources import check_training_fits
     from sa2va_ray.tune.driver import run_tune_driver
@@ -34,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     check_training_fits(cfg)  # every trial is a run of scaling.num_workers workers
     from sa2va_ray.tune.leaderboard import build_leaderboard, loss_vs_metric_note, write_leaderboard
 
-    grid = run_tune_driver(cfg)
+    grid = run_tune_driver(cfg, splits)
     board = build_leaderboard(grid, cfg)
     out = write_leaderboard(board, cfg, Path(cfg.output_dir) / "tune", command=command_line())
     print((out / "leaderboard.md").read_text(), flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sa2va_ray.config import Config
-from sa2va_ray.data.annotations import Sample
+from sa2va_ray.data.annotations import AnnotationFileError, Sample
 from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX
 from sa2va_ray.data.pseudonymise import Pseudonymiser, image_names, install_log_pseudonymiser, load_salt
 from sa2va_ray.data.split import split_records
@@ -107,6 +107,17 @@ def prepare_splits(cfg: Config) -> Splits:
     if pz is not None:  # the workers' table for their own messages (they never get the salt)
         splits.aliases = {s.image: pz.name(s.image) for s in (*splits.train, *splits.val)}
     return splits
+
+
+def require_training_splits(cfg: Config, splits: Splits, need_val: bool = False) -> None:
+    """One-line errors (``AnnotationFileError``) for splits training cannot start from: no valid training record,
+    or, for a sweep, no validation record. Jobs call it before Ray starts."""
+    if not splits.train:
+        raise AnnotationFileError(f"no valid training records in {cfg.data.annotations}: see the validation report "
+                                  "above; fix the records or point data.annotations at another file")
+    if need_val and not splits.val:
+        raise AnnotationFileError(f"no validation records for {cfg.data.annotations} (a sweep's metric is measured "
+                                  "on them): set data.val_annotations or data.val_fraction > 0")
 
 
 def start_pseudonymising(cfg: Config, regex: str) -> Pseudonymiser | None:

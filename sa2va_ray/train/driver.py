@@ -9,7 +9,7 @@ from typing import Any
 
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_to_dict
-from sa2va_ray.data.prepare import Splits, prepare_splits
+from sa2va_ray.data.prepare import Splits, prepare_splits, require_training_splits
 from sa2va_ray.train.console import RAY_TRAIN_CONSOLE_LEVEL, quiet_known_warnings, select_deepspeed_accelerator
 
 log = logging.getLogger("sa2va_ray.train")
@@ -93,19 +93,22 @@ def pick_checkpoint(result, prefer_best: bool):
     return result.checkpoint
 
 
-def run_training_driver(cfg: Config) -> TrainOutcome:
-    """Validate and split the data, train on Ray workers, choose the checkpoint to export (best by val/dice, or the
-    last); the job exports it (`sa2va_ray.export.exporter.export_outcome`)."""
-    from sa2va_ray.data.annotations import AnnotationFileError
+def run_training_driver(cfg: Config, splits: Splits | None = None) -> TrainOutcome:
+    """Train on Ray workers and choose the checkpoint to export (best by val/dice, or the last); the job exports it
+    (`sa2va_ray.export.exporter.export_outcome`).
+
+    Args:
+        cfg: the run config.
+        splits: the validated split (jobs prepare it before Ray starts); None: prepared here.
+    """
     from sa2va_ray.train.resources import check_training_fits
 
     select_deepspeed_accelerator(cfg.scaling.use_gpu)  # the job's export imports DeepSpeed in this process
     quiet_known_warnings()
-    splits = prepare_splits(cfg)
-    print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
-    if not splits.train:
-        raise AnnotationFileError(f"no valid training records in {cfg.data.annotations}: see the validation report "
-                                  "above; fix the records or point data.annotations at another file")
+    if splits is None:
+        splits = prepare_splits(cfg)
+        print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
+    require_training_splits(cfg, splits)
     check_training_fits(cfg)  # a request the cluster can never hold fails now instead of waiting forever
     trainer = build_trainer(cfg, splits)
     result = trainer.fit()

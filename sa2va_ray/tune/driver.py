@@ -14,7 +14,7 @@ from typing import Any
 
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_from_dict, config_to_dict, with_overrides
-from sa2va_ray.data.prepare import Splits, prepare_splits
+from sa2va_ray.data.prepare import Splits, prepare_splits, require_training_splits
 from sa2va_ray.tune.space import build_search_space
 
 log = logging.getLogger("sa2va_ray.tune")
@@ -105,16 +105,17 @@ def _short(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def run_tune_driver(cfg: Config):
-    """Run (or resume) the sweep; returns the Tune ``ResultGrid``."""
+def run_tune_driver(cfg: Config, splits: Splits | None = None):
+    """Run (or resume) the sweep on ``splits`` (jobs prepare them before Ray starts; None: prepared here); returns
+    the Tune ``ResultGrid``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     space = build_search_space(cfg)
-    splits = prepare_splits(cfg)
-    print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
-    if not splits.val:
-        raise RuntimeError("a sweep needs a validation split (tune.metric is measured on it)")
+    if splits is None:
+        splits = prepare_splits(cfg)
+        print("[data] " + splits.summary().replace("\n", "\n[data] "), flush=True)
+    require_training_splits(cfg, splits, need_val=True)
     val_every = cfg.train.val_every or cfg.train.max_steps
     max_reports = math.ceil(cfg.train.max_steps / val_every)
     scheduler = ASHAScheduler(

@@ -79,6 +79,14 @@ def test_bad_keys_and_outputs_are_one_line_before_ray(synthetic_set, tmp_path):
     _one_line_exit_2(_job("train", *base, f"output_dir={blocker}/run"), "output_dir", "not writable")
     _one_line_exit_2(_job("evaluate", *base, f"data.images_dir={tmp_path}/no_images"), "data.images_dir")
     _one_line_exit_2(_job("train", *base, f"data.annotations={tmp_path}/none.json"), "data.annotations")
+    # data that validation can judge on the driver: judged before Ray is reached (RAY_ADDRESS points nowhere)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    _one_line_exit_2(_job("train", *base, f"data.annotations={empty}"), str(empty))
+    all_bad = tmp_path / "all_bad.json"
+    all_bad.write_text(json.dumps([{"image": "gone_frame_000001.jpg", "mask": [[1, 1, 9, 1, 9, 9]], "text": ["v"]}]))
+    _one_line_exit_2(_job("train", *base, f"data.annotations={all_bad}"), str(all_bad))
+    _one_line_exit_2(_job("tune", *base, f"data.annotations={all_bad}"), str(all_bad))
 
 
 @pytest.fixture(scope="module")
