@@ -131,18 +131,18 @@ def test_ray_job_submit(ray_cluster, synthetic_set, tmp_path):
 def test_image_gone_after_validation_is_left_out_and_counted(ray_cluster, synthetic_set, tmp_path, monkeypatch):
     import shutil
 
-    from sa2va_ray.train import driver
+    from sa2va_ray.data import prepare
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_set, data)
-    validate = driver.prepare_splits
+    validate = prepare.prepare_splits  # the job validates and splits before Ray starts
 
     def validate_then_delete(cfg):  # the image changes after validation: the workers cannot decode it
         splits = validate(cfg)
         (data / "images" / splits.train[0].image).unlink()
         return splits
 
-    monkeypatch.setattr(driver, "prepare_splits", validate_then_delete)
+    monkeypatch.setattr(prepare, "prepare_splits", validate_then_delete)
     assert _train(job_overrides(data, tmp_path / "run", "train.val_every=4")) == 0
     rows = _log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # the run went on
