@@ -2,13 +2,16 @@
 
 They are never restated here: :meth:`ModelDims.internvl3_8b` reads the model's ``real_preset_config()``,
 :meth:`ModelDims.tiny` its ``tiny_config`` (the demo's tokenizer included), and :func:`dims_from_internvl_config`
-an InternVL ``config.json`` on disk. Only what a config does not hold is named here: the SAM2 parameter counts
-(measured on the ``sam2`` package's modules; a test rebuilds the tiny one) and the planner's text length.
+an InternVL ``config.json`` on disk. SAM2's parameter counts are counted on the ``sam2`` package's own modules,
+built from the config's SAM2 settings on the meta device (no memory, no weights): SAM2.1 and SAM2 (v1) differ by
+16,512 parameters (SAM2.1's ``no_obj_embed_spatial`` and ``obj_ptr_tpos_proj``), and the official Sa2VA checkpoints
+hold v1. Only the planner's text length is named here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +21,9 @@ if TYPE_CHECKING:
     from sa2va_ray.config import Config
 
 NEW_TOKENS = 5  # [SEG], <p>, </p>, <vp>, </vp>: Sa2VA's additions to the InternVL vocabulary
-# Parameter counts of the sam2 package's modules built with each preset's settings (whole SAM2Base; mask decoder).
-SAM2_HIERA_L_PARAMS = (224_446_642, 4_215_109)
-SAM2_TINY_PARAMS = (883_386, 374_125)
+# The SAM2 the official Sa2VA code builds (Hiera-L with the v1 flags): an official checkpoint holds this layout.
+OFFICIAL_SAM2_CONFIG = "sam2_hiera_l"
+DEFAULT_SAM2_CONFIG = "sam2.1_hiera_l"
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,18 @@ class ModelDims:
     text_tokens: int = 64  # prompt + answer tokens around the image tokens (a planning assumption)
 
     @classmethod
-    def internvl3_8b(cls) -> ModelDims:
-        """InternVL3-8B (InternViT-300M-448px + Qwen2.5-7B, untied lm_head) with SAM2.1 Hiera-L at 1024 px."""
-        from sa2va_ray.model.config import real_preset_config
+    def internvl3_8b(cls, sam2_config: str = DEFAULT_SAM2_CONFIG) -> ModelDims:
+        """InternVL3-8B (InternViT-300M-448px + Qwen2.5-7B, untied lm_head) with a SAM2 Hiera-L at 1024 px.
 
-        return dims_from_sa2va_config(real_preset_config(), "InternVL3-8B + SAM2.1-L", SAM2_HIERA_L_PARAMS)
+        Args:
+            sam2_config: SAM2 preset name or YAML path (default SAM2.1 Hiera-L; ``sam2_hiera_l`` is the official
+                Sa2VA checkpoints' v1 layout).
+        """
+        from sa2va_ray.model.config import real_preset_config
+        from sa2va_ray.model.sam2_builder import load_sam2_settings
+
+        config = real_preset_config(sam2=load_sam2_settings(sam2_config).to_dict())
+        return dims_from_sa2va_config(config, f"InternVL3-8B + {sam2_label(sam2_config)}")
 
     @classmethod
     def tiny(cls) -> ModelDims:
@@ -67,7 +77,7 @@ class ModelDims:
 
         tokenizer = build_tokenizer()
         config = tiny_config(len(tokenizer), special_token_ids(tokenizer))
-        return dims_from_sa2va_config(config, "tiny Sa2VA", SAM2_TINY_PARAMS, text_tokens=32)
+        return dims_from_sa2va_config(config, "tiny Sa2VA", text_tokens=32)
 
     @property
     def patches_per_tile(self) -> int:
@@ -85,16 +95,49 @@ class ModelDims:
         return self.llm_hidden // self.llm_heads * self.llm_kv_heads
 
 
-def dims_from_sa2va_config(config, name: str, sam2_params: tuple[int, int], **fields) -> ModelDims:
+def sam2_label(sam2_config: str) -> str:
+    """Short name of a SAM2 preset for the plan's title: ``sam2.1_hiera_l`` -> ``SAM2.1-L``."""
+    stem = Path(str(sam2_config)).name.removesuffix(".yaml").removesuffix(".yml")  # not .stem: "sam2.1_hiera_l"
+    sizes = {"hiera_l": "L", "hiera_b+": "B+", "hiera_s": "S", "hiera_t": "T"}
+    for suffix, size in sizes.items():
+        for version in ("sam2.1", "sam2"):
+            if stem == f"{version}_{suffix}":
+                return f"{version.upper()}-{size}"
+    return stem
+
+
+@functools.lru_cache(maxsize=16)
+def _count_sam2_params_cached(settings_json: str) -> tuple[int, int]:
+    from accelerate import init_empty_weights
+
+    from sa2va_ray.model.sam2_builder import Sam2Settings, build_sam2
+
+    with init_empty_weights():  # parameters on the meta device; buffers stay real (RoPE tables)
+        sam2 = build_sam2(Sam2Settings.from_dict(json.loads(settings_json)))
+    return sum(p.numel() for p in sam2.parameters()), sum(p.numel() for p in sam2.sam_mask_decoder.parameters())
+
+
+def count_sam2_params(settings) -> tuple[int, int]:
+    """(whole SAM2Base, mask decoder) parameters of a SAM2 built from these settings, counted on the ``sam2``
+    package's modules on the meta device (well under a second, cached).
+
+    Args:
+        settings: a :class:`~sa2va_ray.model.sam2_builder.Sam2Settings`.
+    """
+    return _count_sam2_params_cached(json.dumps(settings.to_dict(), sort_keys=True))
+
+
+def dims_from_sa2va_config(config, name: str, sam2_params: tuple[int, int] | None = None, **fields) -> ModelDims:
     """ModelDims of a :class:`~sa2va_ray.model.config.Sa2VAConfig`.
 
     Args:
         config: the model's config (every dimension).
         name: shown in the plan.
-        sam2_params: (whole SAM2, mask decoder) parameter counts for its SAM2 settings.
+        sam2_params: (whole SAM2, mask decoder) parameter counts; default: counted from the config's SAM2 settings.
         **fields: planner-only fields (``text_tokens``).
     """
     v, t, s = config.vision_config, config.text_config, config.sam2_settings
+    sam2_params = sam2_params or count_sam2_params(s)
     return ModelDims(
         name=name,
         vision_hidden=v.hidden_size,
@@ -123,22 +166,28 @@ def dims_from_sa2va_config(config, name: str, sam2_params: tuple[int, int], **fi
 def dims_for(cfg: Config) -> ModelDims:
     """Model dimensions for the config: tiny for the tiny preset; for the real presets the InternVL
     ``config.json`` under ``model.internvl_path`` when it exists (any InternVL3 size), else InternVL3-8B.
-    SAM2 is always Hiera-L at 1024 px.
+    SAM2 is the one the model loads: ``model.sam2_config`` for ``internvl_sam2``, the official code's v1 Hiera-L
+    for ``official`` (what ``load_from_official_sa2va`` builds).
     """
     if cfg.model.preset == "tiny":
         return ModelDims.tiny()
+    if cfg.model.preset == "official":
+        return ModelDims.internvl3_8b(OFFICIAL_SAM2_CONFIG)
     config_json = Path(cfg.model.internvl_path) / "config.json" if cfg.model.internvl_path else None
-    if cfg.model.preset == "internvl_sam2" and config_json is not None and config_json.is_file():
-        return dims_from_internvl_config(config_json)
-    return ModelDims.internvl3_8b()
+    if config_json is not None and config_json.is_file():
+        return dims_from_internvl_config(config_json, sam2_config=cfg.model.sam2_config)
+    return ModelDims.internvl3_8b(cfg.model.sam2_config)
 
 
-def dims_from_internvl_config(path: str | Path, new_tokens: int = NEW_TOKENS) -> ModelDims:
+def dims_from_internvl_config(
+    path: str | Path, new_tokens: int = NEW_TOKENS, sam2_config: str = DEFAULT_SAM2_CONFIG
+) -> ModelDims:
     """ModelDims from a transformers-native InternVL ``config.json`` (vision_config + text_config).
 
     Args:
         path: the ``config.json`` file.
         new_tokens: tokens Sa2VA adds to the vocabulary ([SEG], <p>, </p>, <vp>, </vp>).
+        sam2_config: the SAM2 preset or YAML the model is built with.
     """
     raw = json.loads(Path(path).read_text())
     v, t = raw["vision_config"], raw["text_config"]
@@ -147,8 +196,8 @@ def dims_from_internvl_config(path: str | Path, new_tokens: int = NEW_TOKENS) ->
         return int(x[0] if isinstance(x, list) else x)
 
     return dataclasses.replace(
-        ModelDims.internvl3_8b(),
-        name=f"{Path(path).parent.name} + SAM2.1-L",
+        ModelDims.internvl3_8b(sam2_config),
+        name=f"{Path(path).parent.name} + {sam2_label(sam2_config)}",
         vision_hidden=v["hidden_size"],
         vision_layers=v["num_hidden_layers"],
         vision_heads=v["num_attention_heads"],
