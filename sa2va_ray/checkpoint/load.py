@@ -9,6 +9,7 @@ from pathlib import Path
 from sa2va_ray.checkpoint.layout import CONFIG_FILE, describe_model_path, model_path_kind, read_train_state
 from sa2va_ray.checkpoint.trained import load_trained_into, read_trained, trainable_names
 from sa2va_ray.config import Config, load_config
+from sa2va_ray.model.postprocess import read_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ def build_base_model(cfg: Config, allow_path: bool = True):
         _require(mc.official_path, "model.official_path")
         model = m.load_from_official_sa2va(mc.official_path)
     model.set_loss_weights(
-        mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight, lm_weight=cfg.loss.lm_weight
+        mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight, lm_weight=cfg.loss.lm_weight,
+        cldice_weight=cfg.loss.cldice_weight,
     )
     if hasattr(model.config, "num_points"):
         model.config.num_points = cfg.loss.num_points
+        model.config.cldice_iterations = cfg.loss.cldice_iterations
     return model
 
 
@@ -106,6 +109,7 @@ def build_checkpoint_model(checkpoint_dir: str | Path, source: str = "auto"):
     load_trained_into(model, trained)
     state = read_train_state(ckpt)
     model.config.sa2va_ray_source = {"checkpoint": str(ckpt), "step": state.get("step"), "source": source}
+    model.postprocess = read_postprocess(ckpt)  # a calibrated checkpoint predicts with its threshold
     log.info("loaded %s: base (%s) first, then %d trained tensors (%s)", ckpt,
              cfg.model.path or f"preset {cfg.model.preset}, seed {cfg.model.seed}", len(trained), source)
     return model.eval(), trained

@@ -31,6 +31,10 @@ ID_COLUMNS = ("sample_id", "record_index", "text_index", "image", "text", "statu
 OUTPUT_COLUMNS = ID_COLUMNS + ("height", "width") + METRIC_COLUMNS + ("pred_hash", "model_fingerprint", "worker")
 """Columns of every row the predictor emits (the pipeline adds ``patient``; the driver drops ``pred_packed``)."""
 
+CURVE_COLUMNS = ("curve_tp", "curve_pred", "curve_cldice")
+"""Per-sample threshold-curve lists (:func:`sa2va_ray.evaluate.threshold.sample_curve`); the driver turns them
+into ``threshold_curve.csv`` and drops them from the written tables."""
+
 PACKED_COLUMN = "pred_packed"
 """Bit-packed prediction (``np.packbits`` of the flat (H, W) mask); only kept on the driver for overlays."""
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sa2va_ray.model.fingerprint import compute_fingerprint
+from sa2va_ray.model.postprocess import read_postprocess, write_postprocess
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -73,6 +74,8 @@ def save_adapter(model_with_lora, out_dir: str | Path, base: str = "") -> Path:
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     fp = {"adapter": compute_fingerprint(lora), "non_lora_trainables": compute_fingerprint(others)}
     (out / "fingerprint.json").write_text(json.dumps(fp, indent=2))
+    if getattr(model_with_lora, "postprocess", None):  # the calibrated threshold belongs to the trained weights
+        write_postprocess(out, model_with_lora.postprocess)
     return out
 
 
@@ -94,6 +97,7 @@ def load_adapter(base_model, adapter_dir: str | Path, merge: bool = True):
     from sa2va_ray.checkpoint.trained import CheckpointMismatchError, summarize_keys
 
     d = Path(adapter_dir)
+    base_model.postprocess = read_postprocess(d)
     peft_model = PeftModel.from_pretrained(_llm(base_model), str(d), adapter_name="default")
     # PEFT warns but does not fail on unmatched keys: check that every factor landed, value for value
     saved = load_file(str(d / ADAPTER_WEIGHTS))

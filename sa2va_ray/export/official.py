@@ -29,6 +29,7 @@ from sa2va_ray.model.checkpoint import (
 )
 from sa2va_ray.model.fingerprint import write_fingerprint
 from sa2va_ray.model.official import official_config_dict, to_official_state_dict
+from sa2va_ray.model.postprocess import write_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def save_official(model, out_dir: str | Path, code_from: str | Path | None, max_
     for f in code:
         shutil.copyfile(f, tmp / f.name)
     write_fingerprint(tmp, ours)
+    if getattr(model, "postprocess", None):  # ignored by the official code; read back by ours
+        write_postprocess(tmp, model.postprocess)
     verify_official(model, tmp)
     if out.exists():
         shutil.rmtree(out)

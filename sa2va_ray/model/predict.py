@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sa2va_ray.model.official import STOP_WORDS
+from sa2va_ray.model.postprocess import model_threshold
 
 MODES = ("teacher_forced", "generate")
 
@@ -60,7 +61,7 @@ class PredictMixin:
         mode: str = "teacher_forced",
         *,
         batch_size: int = 8,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         max_new_tokens: int = 2048,
         return_dict: bool = False,
         return_probs: bool = False,
@@ -75,7 +76,8 @@ class PredictMixin:
                 like the official `predict_forward`: the faithful choice for a checkpoint trained on other
                 answers; the first generated `[SEG]` gives `mask`, every one a `seg_masks` entry).
             batch_size: images per forward in teacher-forced mode.
-            threshold: probability threshold of the boolean masks.
+            threshold: probability threshold of the boolean masks; None: the model's calibrated threshold
+                (``postprocess.json``, see :mod:`sa2va_ray.model.postprocess`), else 0.5 as the official code.
             max_new_tokens: generation limit (2048 as the official code; a trained model stops long before).
             return_dict / return_probs: either returns `PredictionResult`s (mask, prob, text, ...) instead of
                 bare masks.
@@ -87,6 +89,8 @@ class PredictMixin:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        if threshold is None:
+            threshold = model_threshold(self)
         was_training = self.training
         self.eval()
         try:

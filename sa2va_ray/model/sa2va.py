@@ -18,8 +18,9 @@ from transformers.utils import ModelOutput
 
 from sa2va_ray.model.checkpoint import load_pretrained_model, read_config_json, save_pretrained_model
 from sa2va_ray.model.config import Sa2VAConfig
-from sa2va_ray.model.losses import compute_mask_losses
+from sa2va_ray.model.losses import compute_cldice, compute_mask_losses
 from sa2va_ray.model.official import is_official_config
+from sa2va_ray.model.postprocess import read_postprocess, write_postprocess
 from sa2va_ray.model.predict import PredictMixin
 from sa2va_ray.model.processor import IGNORE_INDEX, Sa2VAProcessor
 from sa2va_ray.model.sam2_builder import build_sam2
@@ -30,7 +31,8 @@ from sa2va_ray.model.sequence import SequencePredictMixin
 class Sa2VAOutput(ModelOutput):
     """Output of `Sa2VAModel.forward`.
 
-    loss: weighted total (None without labels/masks); loss_mask (BCE), loss_dice, loss_lm: unweighted terms.
+    loss: weighted total (None without labels/masks); loss_mask (BCE), loss_dice, loss_lm: unweighted terms;
+    loss_cldice: soft clDice on the full low-res maps, computed only when `cldice_weight` > 0 (else None).
     mask_logits: (N, s, s) low-res logits, one per `[SEG]` in batch order; iou_scores: (N,) predicted IoU of
     the kept mask; seg_image_index: (N,) which SAM2 image each mask is on (the batch row for images; a clip's
     rows hold one SAM2 image per frame).
@@ -40,6 +42,7 @@ class Sa2VAOutput(ModelOutput):
     loss_mask: torch.Tensor | None = None
     loss_dice: torch.Tensor | None = None
     loss_lm: torch.Tensor | None = None
+    loss_cldice: torch.Tensor | None = None
     mask_logits: torch.Tensor | None = None
     iou_scores: torch.Tensor | None = None
     seg_image_index: torch.Tensor | None = None
@@ -72,6 +75,7 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out), nn.Dropout(0.0)
         )
         self.processor: Sa2VAProcessor | None = None
+        self.postprocess: dict | None = None  # postprocess.json (calibrated threshold), kept by save/load/export
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -79,10 +83,12 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ config helpers
     def set_loss_weights(
-        self, mask_weight: float | None = None, dice_weight: float | None = None, lm_weight: float | None = None
+        self, mask_weight: float | None = None, dice_weight: float | None = None, lm_weight: float | None = None,
+        cldice_weight: float | None = None,
     ) -> None:
         """Change the loss weights (used by sweeps); None keeps the current value."""
-        for name, value in (("mask_weight", mask_weight), ("dice_weight", dice_weight), ("lm_weight", lm_weight)):
+        for name, value in (("mask_weight", mask_weight), ("dice_weight", dice_weight), ("lm_weight", lm_weight),
+                            ("cldice_weight", cldice_weight)):
             if value is not None:
                 if value < 0:
                     raise ValueError(f"{name} must be >= 0, got {value}")
@@ -219,7 +225,8 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
             features = self.encode_sam2_images(sam_pixel_values)
             mask_logits, ious = self.decode_masks(features, prompts, image_index)
 
-        loss_mask = loss_dice = None
+        loss_mask = loss_dice = loss_cldice = None
+        cldice_weight = getattr(cfg, "cldice_weight", 0.0)
         if gt_masks is not None:
             self._check_mask_counts(seg, gt_masks, mask_counts, counts)
             if mask_logits is None:  # no [SEG] in the batch: keep the graph connected, contribute zero
@@ -229,13 +236,18 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
                     mask_logits, gt_masks.to(mask_logits.device), cfg.num_points, cfg.oversample_ratio,
                     cfg.importance_sample_ratio,
                 )
+                if cldice_weight > 0:  # the soft skeleton needs the whole map: never on sampled points
+                    loss_cldice = compute_cldice(mask_logits, gt_masks.to(mask_logits.device),
+                                                 getattr(cfg, "cldice_iterations", 3))
 
         loss = None
-        terms = [(cfg.lm_weight, loss_lm), (cfg.mask_weight, loss_mask), (cfg.dice_weight, loss_dice)]
+        terms = [(cfg.lm_weight, loss_lm), (cfg.mask_weight, loss_mask), (cfg.dice_weight, loss_dice),
+                 (cldice_weight, loss_cldice)]
         if any(t is not None for _, t in terms):
             loss = sum(w * t for w, t in terms if t is not None)
         return Sa2VAOutput(
-            loss=loss, loss_mask=loss_mask, loss_dice=loss_dice, loss_lm=loss_lm, mask_logits=mask_logits,
+            loss=loss, loss_mask=loss_mask, loss_dice=loss_dice, loss_lm=loss_lm, loss_cldice=loss_cldice,
+            mask_logits=mask_logits,
             iou_scores=ious, seg_image_index=image_index,
         )
 
@@ -258,6 +270,8 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
         """Hugging Face layout: config.json, model.safetensors (sharded with an index when large), tokenizer
         files and preprocessor_config.json. Refuses a model with unmerged LoRA adapters (call `merge_lora`)."""
         save_pretrained_model(self, save_directory, max_shard_size=max_shard_size)
+        if getattr(self, "postprocess", None):  # the calibrated threshold travels with the weights
+            write_postprocess(save_directory, self.postprocess)
 
     @classmethod
     def from_pretrained(
@@ -284,5 +298,9 @@ class Sa2VAModel(PredictMixin, SequencePredictMixin, PreTrainedModel):
             from sa2va_ray.model.official_load import load_official
 
             model = load_official(cls, pretrained_model_name_or_path, dtype=dtype)
-            return model.to(device) if device is not None else model
-        return load_pretrained_model(cls, pretrained_model_name_or_path, config=config, dtype=dtype, device=device)
+            model = model.to(device) if device is not None else model
+        else:
+            model = load_pretrained_model(cls, pretrained_model_name_or_path, config=config, dtype=dtype,
+                                          device=device)
+        model.postprocess = read_postprocess(pretrained_model_name_or_path)  # predict() uses its threshold
+        return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -42,11 +43,14 @@ class ThresholdModel(torch.nn.Module):
         self.threshold = torch.nn.Parameter(torch.tensor([threshold]))
         self.calls: list[int] = []
 
-    def predict(self, images, texts, mode="teacher_forced", batch_size=8):
+    def predict(self, images, texts, mode="teacher_forced", batch_size=8, threshold=None, return_probs=False):
         self.calls.append(len(images))
         if "boom" in texts:
             raise RuntimeError("cannot segment 'boom'")
-        return [np.asarray(im.convert("L")) > float(self.threshold) for im in images]
+        # probability > 0.5 exactly where the grey value > self.threshold (as a real model's results carry it)
+        probs = [(np.asarray(im.convert("L"), np.float32) - float(self.threshold) + 127.5) / 255 for im in images]
+        return [SimpleNamespace(prob=p, mask=p > (threshold or 0.5)) for p in probs] if return_probs else \
+            [p > 0.5 for p in probs]
 
 
 def _batch(sizes, texts, errors=None):
