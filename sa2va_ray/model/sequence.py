@@ -12,10 +12,21 @@ Memory stays bounded: each frame's image features are computed once (8 frames pe
 they are needed), used and dropped; of the propagated frames
 only the window SAM2's memory attention reads (`num_maskmem` masks, `max_obj_ptrs_in_encoder` object pointers) is
 kept, and each frame leaves only its boolean mask behind.
+
+Offload (`offload=True`, `eval.sequence_offload`), as `offload_state_to_cpu` / `offload_video_to_cpu` of the `sam2`
+package's `SAM2VideoPredictor` do: the memory bank (each kept frame's `maskmem_features`, `maskmem_pos_enc`,
+`obj_ptr`, object score) and the image features computed ahead for the encoder chunk live in CPU memory. A frame's
+features return to the device when the frame is processed; the bank is handed to `track_step` through a read-only
+view (:class:`_DeviceView`) that moves a tensor to the device only when memory attention reads it, so the device
+holds just what one memory-attention step reads (the selected `num_maskmem` memories, the prompted frames, the
+object pointers), and only during that step. Unlike `SAM2VideoPredictor` nothing is cast to bfloat16 and the
+object pointers move too, so offload changes where tensors live, never the masks. Copies to the CPU are blocking:
+a non-blocking device-to-host copy may still be in flight when the bank is next read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +66,49 @@ def select_prompt_frames(n_frames: int, k: int, sampling: str = "uniform") -> li
     return sorted({int(round(x)) for x in np.linspace(0, n_frames - 1, k)})
 
 
+def _to_device(x: Any, device: torch.device) -> Any:
+    """A tensor (or list of tensors, or None) of the memory bank on `device` (a no-op when it is there)."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+class _EntryView(Mapping):
+    """One frame's stored outputs; each value moves to the device when read."""
+
+    def __init__(self, entry: dict[str, Any], device: torch.device):
+        self._entry, self._device = entry, device
+
+    def __getitem__(self, key: str) -> Any:
+        return _to_device(self._entry[key], self._device)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entry)
+
+    def __len__(self) -> int:
+        return len(self._entry)
+
+
+class _DeviceView(Mapping):
+    """Read-only view of an offloaded bank (frame -> outputs) for `SAM2Base.track_step`: reads land on `device`.
+
+    Nothing moves until memory attention reads a value (`prev["maskmem_features"]`, `out["obj_ptr"]`), so only the
+    frames it selects reach the device, and the moved copies are freed when the step ends.
+    """
+
+    def __init__(self, frames: dict[int, dict[str, Any]], device: torch.device):
+        self._frames, self._device = frames, device
+
+    def __getitem__(self, t: int) -> _EntryView:
+        return _EntryView(self._frames[t], self._device)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
 class SequencePredictMixin:
     """`predict_sequence` of `Sa2VAModel` (needs `processor`, `mllm`, `text_hidden_fcs`, `sam2`, PredictMixin)."""
 
@@ -70,6 +124,7 @@ class SequencePredictMixin:
         threshold: float = 0.5,
         max_new_tokens: int = 2048,
         backward: bool = True,
+        offload: bool = False,
     ) -> SequenceResult:
         """Segment `text` in every frame of one run.
 
@@ -82,6 +137,8 @@ class SequencePredictMixin:
             threshold: probability threshold of the masks.
             max_new_tokens: generation limit.
             backward: also propagate from the first prompted frame back to frame 0 (nothing to do when it is 0).
+            offload: keep SAM2's memory bank and the features computed ahead in CPU memory; the device sees them
+                only for the step that reads them (see the module docstring). Same masks either way.
 
         Returns:
             A SequenceResult with one mask per frame.
@@ -102,7 +159,7 @@ class SequencePredictMixin:
                 empty = [np.zeros(size, dtype=bool) for _ in frames]
                 return SequenceResult(empty, prompt_frames, answer, 0, [0.0] * len(frames))
             prompt = self.text_hidden_fcs(hidden[None])[:, None]  # (1, 1, C)
-            masks, scores = self._propagate(frames, prompt, prompt_frames, size, threshold, backward)
+            masks, scores = self._propagate(frames, prompt, prompt_frames, size, threshold, backward, offload)
             return SequenceResult(masks, prompt_frames, answer, 1, scores)
         finally:
             self.train(was_training)
@@ -122,7 +179,7 @@ class SequencePredictMixin:
         answer = self.processor.tokenizer.decode(tokens, skip_special_tokens=False)
         return answer, (seg_hidden[0] if seg_hidden else None)
 
-    def _propagate(self, frames, prompt, prompt_frames, size, threshold, backward, chunk: int = 8):
+    def _propagate(self, frames, prompt, prompt_frames, size, threshold, backward, offload=False, chunk: int = 8):
         """SAM2 on the prompted frames (each on its own), then its memory through the rest of the run."""
         sam = self.sam2
         n = len(frames)
@@ -137,6 +194,7 @@ class SequencePredictMixin:
         order = prompt_frames + [t for t in range(start + 1, n) if t not in prompt_frames]
         order += list(range(start - 1, -1, -1)) if backward else []
         cache: dict[int, tuple] = {}
+        storage = torch.device("cpu") if offload else self.device  # where the bank and features ahead are kept
 
         def features(t: int) -> tuple:
             """Image features of frame t; computed `chunk` frames at a time in processing order, each used once."""
@@ -147,17 +205,21 @@ class SequencePredictMixin:
                 with self._sam2_autocast(x.device):
                     _, feats, pos, sizes = sam._prepare_backbone_features(sam.forward_image(x))  # (HW, B, C) each
                 for i, f in enumerate(todo):
-                    cache[f] = ([v[:, i:i + 1] for v in feats], [v[:, i:i + 1] for v in pos], sizes)
-            return cache.pop(t)
+                    cache[f] = (_to_device([v[:, i:i + 1] for v in feats], storage),
+                                _to_device([v[:, i:i + 1] for v in pos], storage), sizes)
+            feats, pos, sizes = cache.pop(t)
+            return _to_device(feats, self.device), _to_device(pos, self.device), sizes
 
         def step(t: int, cond: bool, reverse: bool = False) -> None:
             feats, pos, sizes = features(t)
+            bank = {key: _DeviceView(v, self.device) for key, v in memory.items()} if offload else memory
             with self._sam2_autocast(self.device), sam.prompted(prompt if cond else None):
                 out = sam.track_step(frame_idx=t, is_init_cond_frame=cond, current_vision_feats=feats,
                                      current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None,
-                                     mask_inputs=None, output_dict=memory, num_frames=n, track_in_reverse=reverse,
+                                     mask_inputs=None, output_dict=bank, num_frames=n, track_in_reverse=reverse,
                                      run_mem_encoder=True)
-            kept = {key: out[key] for key in ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")}
+            kept = {key: _to_device(out[key], storage)
+                    for key in ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")}
             memory["cond_frame_outputs" if cond else "non_cond_frame_outputs"][t] = kept
             masks[t] = logits_to_prob(out["pred_masks"][0, 0], size, sam_size) > threshold
             scores[t] = float(out["object_score_logits"].float().reshape(-1)[0])

@@ -116,3 +116,64 @@ def test_generate_mode_and_no_seg(tiny_model):
         assert res.num_seg == 0 and not any(m.any() for m in res.masks)
     finally:
         tiny_model.mllm.lm_head = original
+
+
+def test_offload_keeps_the_bank_on_cpu_moves_only_what_attention_reads_and_changes_no_mask(tiny_model, monkeypatch):
+    import sa2va_ray.model.sequence as seq
+
+    frames = run(12, size=(24, 32))
+    plain = tiny_model.predict_sequence(frames, "vessel", k=2)
+    sam = tiny_model.sam2
+    moved, reads, steps = [], [], []
+    original_move, original_read, original_step = seq._to_device, seq._EntryView.__getitem__, sam.track_step
+
+    def to_device(x, device):  # every move, with where it goes (cpu: storage; the model's device: compute)
+        moved.append(device)
+        return original_move(x, device)
+
+    def read(view, key):  # what memory attention reads from the bank
+        reads.append(key)
+        return original_read(view, key)
+
+    def track_step(**kw):
+        bank = kw["output_dict"]
+        assert all(isinstance(v, seq._DeviceView) for v in bank.values())  # the bank is only ever read through views
+        for entries in bank.values():  # what is stored lives on the CPU
+            for frame in entries._frames.values():
+                assert all(t.device.type == "cpu" for t in (frame["maskmem_features"], frame["obj_ptr"],
+                                                            *frame["maskmem_pos_enc"]))
+        before = len(reads)
+        out = original_step(**kw)
+        steps.append((kw["frame_idx"], kw["is_init_cond_frame"], reads[before:].count("maskmem_features"),
+                      reads[before:].count("obj_ptr")))
+        return out
+
+    monkeypatch.setattr(seq, "_to_device", to_device)
+    monkeypatch.setattr(seq._EntryView, "__getitem__", read)
+    sam.track_step = track_step
+    try:
+        offloaded = tiny_model.predict_sequence(frames, "vessel", k=2, offload=True)
+    finally:
+        del sam.track_step
+    assert all(np.array_equal(a, b) for a, b in zip(plain.masks, offloaded.masks))
+    assert plain.object_scores == offloaded.object_scores
+    # a prompted frame reads no memory; frame t the 2 prompted frames and the last num_maskmem - 1 propagated ones
+    assert [(m, p) for _, cond, m, p in steps if cond] == [(0, 0), (0, 0)]
+    assert [m for _, cond, m, _ in steps if not cond] == [min(t - 1, sam.num_maskmem - 1) + 2 for t in range(1, 11)]
+    assert all(0 < p <= sam.max_obj_ptrs_in_encoder for _, cond, _, p in steps if not cond)
+    assert torch.device("cpu") in moved and tiny_model.device in moved
+
+
+def test_offload_off_never_builds_views(tiny_model):
+    sam, seen, original = tiny_model.sam2, [], tiny_model.sam2.track_step
+
+    def track_step(**kw):
+        seen.append(type(kw["output_dict"]["non_cond_frame_outputs"]))
+        return original(**kw)
+
+    sam.track_step = track_step
+    try:
+        tiny_model.predict_sequence(run(4, size=(24, 32)), "vessel", k=2)
+    finally:
+        del sam.track_step
+    assert set(seen) == {dict}
