@@ -327,6 +327,15 @@ class EvalSection:
     """eval.mode=sequence: frames of a run the LLM sees (and SAM2 is prompted on)."""
     sequence_sampling: str = "uniform"
     """eval.mode=sequence: ``uniform`` (spread over the run, Sa2VA-i) | ``first`` (the official code)."""
+    sequence_offload: bool = False
+    """eval.mode=sequence: keep SAM2's memory bank (and features computed ahead) in CPU memory; the GPU holds only
+    what one memory-attention step reads, during that step. Same masks; saves GPU memory, costs transfers."""
+    sequence_chunk: int = 64
+    """eval.mode=sequence: most frames per Ray Data item; a longer run is split into chunks overlapping by
+    `sequence_overlap` frames, each predicted on its own (LLM on its own k frames); 0: never split."""
+    sequence_overlap: int = 4
+    """eval.mode=sequence: frames a chunk shares with the one before (they warm its memory up; their rows come from
+    the earlier chunk). 0 <= overlap < sequence_chunk."""
     vessel_metrics: bool = True
     """Also clDice, HD95 and Betti errors per sample."""
     num_overlays: int = 4
@@ -341,6 +350,10 @@ class EvalSection:
             raise ConfigError(f"eval.mode must be teacher_forced, generate or sequence, got {self.mode!r}")
         if self.sequence_k < 1 or self.sequence_sampling not in {"uniform", "first"}:
             raise ConfigError("eval.sequence_k must be >= 1 and eval.sequence_sampling uniform or first")
+        if self.sequence_chunk < 0 or self.sequence_overlap < 0 or (
+                self.sequence_chunk and self.sequence_overlap >= self.sequence_chunk):
+            raise ConfigError(f"eval.sequence_chunk must be >= 0 (0: never split) and 0 <= eval.sequence_overlap < "
+                              f"sequence_chunk, got chunk {self.sequence_chunk}, overlap {self.sequence_overlap}")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ConfigError("eval.batch_size and eval.num_actors must be >= 1")
         if self.num_overlays < 0 or self.n_boot < 0:
