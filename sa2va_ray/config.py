@@ -29,6 +29,16 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
 
 
+def _check_val_metric(key: str, name: str) -> str:
+    """The direction (max/min) of validation metric ``name``; a ConfigError listing the valid ones otherwise."""
+    from sa2va_ray.train.val_metrics import metric_mode
+
+    try:
+        return metric_mode(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 @dataclass
 class SyntheticSection:
     """Procedural synthetic angiography set, made on first use when ``enabled``."""
@@ -176,12 +186,18 @@ class LossSection:
     """Dice loss on mask probabilities."""
     lm_weight: float = 1.0
     """Language-model cross-entropy on the answer."""
+    cldice_weight: float = 0.0
+    """Soft clDice (centreline Dice, Shit et al. 2021) on the full low-res mask maps; 0: not computed."""
+    cldice_iterations: int = 3
+    """Soft-skeleton erosions of the clDice loss (at least half the thickest vessel, in low-res pixels)."""
     num_points: int = 0
-    """Importance-sampled points for the mask losses; 0: every low-res pixel."""
+    """Importance-sampled points for the mask losses; 0: every low-res pixel (clDice always uses the full map)."""
 
     def __post_init__(self) -> None:
-        if min(self.mask_weight, self.dice_weight, self.lm_weight) < 0:
+        if min(self.mask_weight, self.dice_weight, self.lm_weight, self.cldice_weight) < 0:
             raise ConfigError("loss weights must be >= 0")
+        if self.cldice_iterations < 1:
+            raise ConfigError(f"loss.cldice_iterations must be >= 1, got {self.cldice_iterations}")
 
 
 @dataclass
@@ -234,11 +250,23 @@ class TrainSection:
     checkpoint_every: int = 0
     """Steps between checkpoints; 0: same as val_every."""
     num_to_keep: int = 2
-    """Checkpoints kept (the best by val/dice among them)."""
+    """Checkpoints kept (the best by `best_metric` among them)."""
+    best_metric: str = "val/dice"
+    """Validation metric that picks the best checkpoint (val/dice, val/iou, val/ciou, val/recall, val/cldice,
+    val/betti0_error, val/dice_at_best_threshold); its direction is known (betti0_error: lower is better)."""
+    hard_mining: bool = False
+    """Oversample hard training rows: those whose last measured Dice (from the training forward) is below
+    `hard_mining_threshold` replace a share `hard_mining_fraction` of each micro-batch's rows."""
+    hard_mining_threshold: float = 0.75
+    """A row is hard while its last measured training Dice is below this."""
+    hard_mining_every: int = 10
+    """Steps between refreshes of the hard set (measurements of all ranks are pooled at each refresh)."""
+    hard_mining_fraction: float = 0.25
+    """Expected share of a micro-batch's rows replaced by hard rows (deterministic per seed, step and rank)."""
     log_every: int = 5
     """Steps between progress lines."""
     export_best: bool = True
-    """Write the best-by-val/dice model to output_dir/model (else the final one)."""
+    """Write the best-by-`best_metric` model to output_dir/model (else the final one)."""
     fail_at_step: int = 0
     """Fault drill: the last rank dies once at this step (tests Ray Train's failure recovery); 0: off."""
     health: HealthSection = field(default_factory=HealthSection)
@@ -256,6 +284,11 @@ class TrainSection:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.clip_frames == 1 or self.clip_frames < 0:
             raise ConfigError(f"train.clip_frames must be 0 (images only) or >= 2, got {self.clip_frames}")
+        _check_val_metric("train.best_metric", self.best_metric)
+        if not 0.0 <= self.hard_mining_threshold <= 1.0 or not 0.0 < self.hard_mining_fraction <= 1.0:
+            raise ConfigError("train.hard_mining_threshold must be in [0, 1] and hard_mining_fraction in (0, 1]")
+        if self.hard_mining_every < 1:
+            raise ConfigError(f"train.hard_mining_every must be >= 1, got {self.hard_mining_every}")
 
 
 @dataclass
@@ -369,9 +402,9 @@ class TuneSection:
     num_samples: int = 4
     """Trials (random/optuna) or repeats of the grid."""
     metric: str = "val/dice"
-    """Metric the sweep optimises (a validation metric, never the train loss)."""
-    mode: str = "max"
-    """``max`` | ``min``."""
+    """Validation metric the sweep optimises (never the train loss): any `train.best_metric` name."""
+    mode: str = "auto"
+    """``auto`` (the metric's own direction: val/betti0_error min, the others max) | ``max`` | ``min``."""
     space: dict[str, Any] = field(default_factory=dict)
     """Dotted key -> ``{type: loguniform|uniform|choice|grid, ...}``."""
     grace_period: int = 1
@@ -386,8 +419,17 @@ class TuneSection:
     def __post_init__(self) -> None:
         if self.search not in {"grid", "random", "optuna"}:
             raise ConfigError(f"tune.search must be grid, random or optuna, got {self.search!r}")
-        if self.mode not in {"max", "min"}:
-            raise ConfigError("tune.mode must be max or min")
+        if self.mode not in {"auto", "max", "min"}:
+            raise ConfigError(f"tune.mode must be auto, max or min, got {self.mode!r}")
+        own = _check_val_metric("tune.metric", self.metric)
+        if self.mode != "auto" and self.mode != own:
+            raise ConfigError(f"tune.mode={self.mode} contradicts {self.metric} (better when {own}imised); "
+                              "leave tune.mode out (auto)")
+
+    @property
+    def direction(self) -> str:
+        """``max`` or ``min``: `mode` with ``auto`` resolved from the metric."""
+        return _check_val_metric("tune.metric", self.metric) if self.mode == "auto" else self.mode
 
 
 @dataclass

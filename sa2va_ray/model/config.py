@@ -32,6 +32,7 @@ class Sa2VAConfig(PreTrainedConfig):
         max_tiles / min_tiles: InternVL dynamic tiling (tile size = vision image_size; a thumbnail tile is added
             whenever an image is split into more than one tile, as InternVL does).
         mask_weight / dice_weight / lm_weight: loss weights (official defaults 2.0 / 0.5 / 1.0).
+        cldice_weight / cldice_iterations: soft clDice loss weight (0: not computed) and its skeleton erosions.
         num_points: mask losses on this many importance-sampled points per mask (0 = every low-res pixel).
         oversample_ratio / importance_sample_ratio: point sampling as in the official code.
         prompt_template / answer_text: the conversation, `{text}` is the referring expression.
@@ -53,6 +54,8 @@ class Sa2VAConfig(PreTrainedConfig):
     mask_weight: float = 2.0
     dice_weight: float = 0.5
     lm_weight: float = 1.0
+    cldice_weight: float = 0.0
+    cldice_iterations: int = 3
     num_points: int = 0
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75

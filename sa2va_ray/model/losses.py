@@ -1,8 +1,14 @@
-"""Sa2VA losses: sigmoid BCE and Dice on mask logits (optionally on importance-sampled points), LM cross-entropy.
+"""Sa2VA losses: sigmoid BCE and Dice on mask logits (optionally on importance-sampled points), soft clDice on the
+full low-res maps, LM cross-entropy.
 
 Conventions follow the official code (mmdet's CrossEntropyLoss(use_sigmoid) and DiceLoss(naive_dice, eps=1)):
 BCE is the mean over every pixel (or point) of every mask; Dice is ``1 - (2|P∩G| + 1) / (|P| + |G| + 1)`` per
 mask, averaged over masks. Targets may be soft (area-resized coverage in [0, 1]).
+
+Soft clDice (Shit et al., CVPR 2021) needs whole 2-D maps (its skeleton is iterated min/max pooling), so it is always
+computed on the full low-res logits and targets, never on sampled points. It is written here rather than taken from
+MONAI: MONAI's ``SoftclDiceLoss`` drops channel 0 as background (a single-channel mask gives a loss of 0) and pools
+its sums over the whole batch; here every mask has its own clDice and the loss is their mean, like the Dice loss.
 """
 
 from __future__ import annotations
@@ -79,6 +85,68 @@ def compute_mask_losses(
             targets = sample_points(coords, targets[:, None].float())  # (N, P)
         logits = sample_points(coords, logits[:, None].float())  # (N, P)
     return compute_bce(logits, targets), compute_dice(logits, targets)
+
+
+def soft_erode(maps: torch.Tensor) -> torch.Tensor:
+    """Soft (min-pool) erosion with a 3x3 cross. maps: (N, 1, H, W) in [0, 1] -> same shape."""
+    vertical = -F.max_pool2d(-maps, (3, 1), stride=1, padding=(1, 0))
+    horizontal = -F.max_pool2d(-maps, (1, 3), stride=1, padding=(0, 1))
+    return torch.minimum(vertical, horizontal)
+
+
+def soft_dilate(maps: torch.Tensor) -> torch.Tensor:
+    """Soft (max-pool) dilation with a 3x3 square. maps: (N, 1, H, W) -> same shape."""
+    return F.max_pool2d(maps, 3, stride=1, padding=1)
+
+
+def soft_skeleton(maps: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Differentiable skeleton of probability maps (Shit et al. 2021, Alg. 1): what each erosion removes that an
+    opening would not restore, accumulated over ``iterations`` erosions.
+
+    Args:
+        maps: (N, 1, H, W) probabilities in [0, 1].
+        iterations: erosions; must reach half the thickest structure (in pixels) for its centreline to be found.
+
+    Returns:
+        (N, 1, H, W) soft skeleton in [0, 1].
+    """
+    skel = F.relu(maps - soft_dilate(soft_erode(maps)))
+    for _ in range(iterations):
+        maps = soft_erode(maps)
+        delta = F.relu(maps - soft_dilate(soft_erode(maps)))
+        skel = skel + F.relu(delta - skel * delta)
+    return skel
+
+
+def compute_cldice(
+    logits: torch.Tensor, targets: torch.Tensor, iterations: int = 3, smooth: float = 1.0
+) -> torch.Tensor:
+    """Mean soft clDice loss over masks: ``1 - 2 Tprec Tsens / (Tprec + Tsens)`` per mask, with
+    ``Tprec = (|S(P) G| + smooth) / (|S(P)| + smooth)`` and ``Tsens = (|S(G) P| + smooth) / (|S(G)| + smooth)``,
+    S the soft skeleton. For near-binary maps of thin structures it approaches ``1 - clDice`` of
+    :func:`sa2va_ray.evaluate.metrics.cldice`.
+
+    Args:
+        logits: (N, h, w) mask logits (the full low-res maps, not sampled points).
+        targets: (N, h, w) targets in [0, 1] (soft coverage allowed).
+        iterations: soft-skeleton erosions (see :func:`soft_skeleton`).
+        smooth: added to numerators and denominators (an empty skeleton gives a ratio of 1, never NaN).
+
+    Returns:
+        scalar loss in [0, 1].
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"mask logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}")
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    probs = logits.float().sigmoid()[:, None]  # (N, 1, h, w)
+    tgt = targets.float()[:, None]  # (N, 1, h, w)
+    skel_p = soft_skeleton(probs, iterations).flatten(1)  # (N, h*w)
+    skel_g = soft_skeleton(tgt, iterations).flatten(1)  # (N, h*w)
+    probs, tgt = probs.flatten(1), tgt.flatten(1)
+    tprec = ((skel_p * tgt).sum(1) + smooth) / (skel_p.sum(1) + smooth)  # (N,)
+    tsens = ((skel_g * probs).sum(1) + smooth) / (skel_g.sum(1) + smooth)  # (N,)
+    return (1.0 - 2.0 * tprec * tsens / (tprec + tsens)).mean()
 
 
 def compute_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

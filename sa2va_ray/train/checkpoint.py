@@ -45,19 +45,29 @@ def save_checkpoint_per_worker(
     trainable: dict[str, torch.Tensor] | None,
     warnings: list[str],
     is_main: bool,
+    mining: dict[str, Any] | None = None,
 ) -> None:
-    """Every rank writes its DeepSpeed shard and reports it; rank 0 adds the trainable weights and metadata."""
+    """Every rank writes its DeepSpeed shard and reports it; rank 0 adds the trainable weights and metadata.
+
+    ``mining`` (the hard-mining state, :class:`sa2va_ray.train.mining.HardMiner`) joins the train state every rank
+    restores on resume (DeepSpeed's client state); ``train_state.json`` records the size of its hard set.
+    """
     import ray.train
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="sa2va_ckpt_") as tmp:
-        engine.save_checkpoint(tmp, tag=DS_TAG, client_state={"step": step, "epoch": epoch, "best": best})
+        client = {"step": step, "epoch": epoch, "best": best}
+        if mining is not None:
+            client["hard_mining"] = mining
+        engine.save_checkpoint(tmp, tag=DS_TAG, client_state=client)
         if is_main:
             assert trainable is not None
             save_file(trainable, str(Path(tmp) / TRAINABLE_FILE), metadata={"step": str(step)})
             write_fingerprint(tmp, trainable)
             state = {"step": step, "epoch": epoch, "metrics": metrics, "best": best, "health_warnings": warnings,
                      "zero_stage": cfg.deepspeed.zero_stage, "world_size": engine.world_size}
+            if mining is not None:
+                state["hard_mining"] = {"hard_rows": len(mining["hard"]), "threshold": mining["threshold"]}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=2))
             save_config(cfg, Path(tmp) / CONFIG_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

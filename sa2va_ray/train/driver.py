@@ -11,6 +11,7 @@ from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_to_dict
 from sa2va_ray.data.prepare import Splits, prepare_splits, require_training_splits
 from sa2va_ray.train.console import RAY_TRAIN_CONSOLE_LEVEL, quiet_known_warnings, select_deepspeed_accelerator
+from sa2va_ray.train.val_metrics import is_better, metric_mode
 
 log = logging.getLogger("sa2va_ray.train")
 
@@ -20,7 +21,7 @@ class TrainOutcome:
     """What a finished training run produced."""
 
     metrics: dict[str, Any]
-    checkpoint: str | None  # path of the chosen checkpoint (best by val/dice or the last)
+    checkpoint: str | None  # path of the chosen checkpoint (best by train.best_metric or the last)
     run_path: str
     chosen: Any = None  # that checkpoint as a `ray.train.Checkpoint` (the job exports it: jobs/train.py)
     model_dir: str | None = None  # set by the job once exported
@@ -56,8 +57,8 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
             storage_path=cfg.storage,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute="val/dice" if splits.val else None,
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=cfg.train.best_metric if splits.val else None,
+                checkpoint_score_order=metric_mode(cfg.train.best_metric),
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
@@ -85,17 +86,23 @@ def build_trainer(cfg: Config, splits: Splits, run_config=None):
     )
 
 
-def pick_checkpoint(result, prefer_best: bool):
-    """The best-by-val/dice checkpoint (or the last one) of a Ray Train result."""
+def pick_checkpoint(result, prefer_best: bool, metric: str = "val/dice"):
+    """The best checkpoint by validation ``metric`` (its direction from :mod:`sa2va_ray.train.val_metrics`), or the
+    last one, of a Ray Train result. Checkpoints without the metric (or NaN) are never the best."""
     if prefer_best and result.best_checkpoints:
-        scored = [(m.get("val/dice", float("-inf")), c) for c, m in result.best_checkpoints]
-        return max(scored, key=lambda x: x[0])[1]
+        best = None
+        for c, m in result.best_checkpoints:
+            v = m.get(metric)
+            if v is not None and is_better(metric, float(v), None if best is None else best[0]):
+                best = (float(v), c)
+        if best is not None:
+            return best[1]
     return result.checkpoint
 
 
 def run_training_driver(cfg: Config, splits: Splits | None = None) -> TrainOutcome:
-    """Train on Ray workers and choose the checkpoint to export (best by val/dice, or the last); the job exports it
-    (`sa2va_ray.export.exporter.export_outcome`).
+    """Train on Ray workers and choose the checkpoint to export (best by train.best_metric, or the last); the job
+    exports it (`sa2va_ray.export.exporter.export_outcome`).
 
     Args:
         cfg: the run config.
@@ -114,6 +121,6 @@ def run_training_driver(cfg: Config, splits: Splits | None = None) -> TrainOutco
     result = trainer.fit()
     if result.error:
         raise result.error
-    ckpt = pick_checkpoint(result, cfg.train.export_best)
+    ckpt = pick_checkpoint(result, cfg.train.export_best, cfg.train.best_metric)
     return TrainOutcome(metrics=dict(result.metrics or {}), checkpoint=ckpt.path if ckpt is not None else None,
                         run_path=str(result.path), chosen=ckpt)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger("sa2va_ray.train")
 
-_CONSOLE_KEYS = ("train/loss", "train/loss_mask", "train/loss_dice", "train/loss_lm", "val/dice", "val/iou")
+_CONSOLE_KEYS = ("train/loss", "train/loss_mask", "train/loss_dice", "train/loss_lm", "train/loss_cldice", "val/dice",
+                 "val/iou", "val/cldice", "val/betti0_error")
 
 
 class ProgressLogger:

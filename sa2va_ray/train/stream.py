@@ -104,6 +104,8 @@ def decode_batch(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """A micro-batch of stream rows -> the processor's training samples, and one message per row that failed.
 
+    An image row's sample carries ``row`` = (record position, text index); a clip's has none.
+
     ``allow_symlinks_outside`` is ``data.allow_symlinks_outside`` (see :func:`sa2va_ray.data.decode.decode_sample`).
     """
     out, errors = [], []
@@ -122,7 +124,8 @@ def decode_batch(
         except Exception as e:  # changed since validation: this row is left out of its micro-batch
             errors.append(f"record {s.index} ({s.image}): cannot decode: {type(e).__name__}: {e}")
             continue
-        out.append({"image": d["image"], "masks": [d["masks"][0]], "texts": [s.texts[t]], "id": s.sample_id(t)})
+        out.append({"image": d["image"], "masks": [d["masks"][0]], "texts": [s.texts[t]], "id": s.sample_id(t),
+                    "row": (i, t)})  # (record, text): hard mining's key (sa2va_ray.train.mining)
     return out, errors
 
 

@@ -27,8 +27,10 @@ from sa2va_ray.train.console import (
     select_deepspeed_accelerator,
 )
 from sa2va_ray.train.health import HealthMonitor, TrainingHealthError
+from sa2va_ray.train.mining import HardMiner, mask_dice_per_row
 from sa2va_ray.train.progress import ProgressLogger
 from sa2va_ray.train.stream import StreamPlan, decode_batch, prefetched
+from sa2va_ray.train.val_metrics import is_better
 from sa2va_ray.train.validation import validate_per_worker
 
 log = logging.getLogger("sa2va_ray.train")
@@ -135,11 +137,17 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)
 
     step, epoch = 0, 0
-    best = {"val/dice": -1.0}
+    best_metric = cfg.train.best_metric
+    best: dict[str, Any] = {}  # {best_metric: value, "step": step} once a validation ran
+    plan, train_samples = StreamPlan(**loop_config["stream"]), loop_config["train_samples"]
+    miner = (HardMiner([len(s.texts) for s in train_samples], cfg.train.hard_mining_threshold,
+                       cfg.train.hard_mining_fraction, cfg.train.seed) if cfg.train.hard_mining else None)
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         state = load_checkpoint_per_worker(engine, ckpt)
         step, epoch, best = state["step"], state["epoch"], state.get("best", best)
+        if miner is not None and state.get("hard_mining"):
+            miner.load_state_dict(state["hard_mining"])
         if is_main:
             print(f"[train] resumed from checkpoint at step {step} (epoch {epoch})", flush=True)
 
@@ -167,17 +175,34 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.val_max_samples:
         val_samples = val_samples[: cfg.train.val_max_samples]
 
-    plan, train_samples = StreamPlan(**loop_config["stream"]), loop_config["train_samples"]
     skip = step * cfg.train.grad_accum  # micro-batches of this rank's shard the restored steps already used
     if skip and is_main:
         print(f"[train] skipping the {skip} micro-batches per rank that steps 1-{step} used", flush=True)
 
-    def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
+    def decode(batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[str]]:
         samples, errors = decode_batch(batch, train_samples, images_dir, cfg.data.allow_symlinks_outside,
                                        loop_config.get("train_clips") or ())
         if not samples:
             raise RuntimeError("no row of a training micro-batch could be decoded: " + "; ".join(errors))
-        return processor.collate_train(samples), errors
+        return samples, errors
+
+    def prepare(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any] | list[dict[str, Any]], list[str]]:
+        samples, errors = decode(batch)
+        # Hard mining swaps rows by the state of the last refresh, known only in the main thread: collate there.
+        return (samples if miner is not None else processor.collate_train(samples)), errors
+
+    def mine(samples: list[dict[str, Any]], micro_in_step: int) -> list[dict[str, Any]]:
+        """Replace some rows by hard rows (train.hard_mining); a replacement that fails to decode keeps the row."""
+        rows = [s.get("row") for s in samples]
+        chosen = miner.substitute(rows, step + 1, rank, micro_in_step)
+        out = []
+        for s, old, new in zip(samples, rows, chosen):
+            if new != old:
+                got, _ = decode_batch({"sample": np.array([new[0]]), "text": np.array([new[1]])}, train_samples,
+                                      images_dir, cfg.data.allow_symlinks_outside)
+                s = got[0] if got else s
+            out.append(s)
+        return out
 
     micro, decode_errors = 0, 0
     sums: dict[str, float] = {}
@@ -189,6 +214,10 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
         for message in errors:
             log.warning("rank %d: %s; left out of its micro-batch", rank, message)
         decode_errors += len(errors)
+        rows = None
+        if miner is not None:
+            samples = mine(collated, micro % cfg.train.grad_accum)
+            rows, collated = [s.get("row") for s in samples], processor.collate_train(samples)
         inputs = _move(collated, device, dtype)
         measure = engine.is_gradient_accumulation_boundary() and (step + 1) % cfg.train.log_every == 0
         if measure:
@@ -196,7 +225,10 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
         out = engine(**inputs)
         engine.backward(out.loss)
         engine.step()
-        for k in ("loss", "loss_mask", "loss_dice", "loss_lm"):
+        if miner is not None and out.mask_logits is not None:  # the loss's own predictions, no extra forward
+            per_row = (collated["frame_counts"] * collated["mask_counts"]).tolist()
+            miner.observe(rows, mask_dice_per_row(out.mask_logits, inputs["gt_masks"], per_row))
+        for k in ("loss", "loss_mask", "loss_dice", "loss_lm", "loss_cldice"):
             v = getattr(out, k, None)
             if v is not None:
                 sums[k] = sums.get(k, 0.0) + float(v.detach().float())
@@ -220,12 +252,15 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
         _maybe_fail(cfg.train.fail_at_step, step, rank, world, run_dir)
         last = step >= cfg.train.max_steps
         do_ckpt = step % ckpt_every == 0 or last
+        if miner is not None and (step % cfg.train.hard_mining_every == 0 or do_ckpt):
+            # a collective; at every checkpoint too, so nothing is pending when the state is saved
+            metrics["train/hard_rows"] = miner.refresh(all_reduce)
         if (step % val_every == 0 or do_ckpt) and val_samples:
             metrics.update(validate_per_worker(engine.module, val_samples, images_dir, rank, world,
                                                batch_size=cfg.eval.batch_size, all_reduce=all_reduce,
                                                allow_symlinks_outside=cfg.data.allow_symlinks_outside))
-            if metrics["val/dice"] > best["val/dice"]:
-                best = {"val/dice": metrics["val/dice"], "step": step}
+            if is_better(best_metric, metrics[best_metric], best.get(best_metric)):
+                best = {best_metric: metrics[best_metric], "step": step}
         echo = step % cfg.train.log_every == 0 or last or "val/dice" in metrics or step == 1
         progress.log(step, metrics, echo=echo)
         if do_ckpt:
@@ -234,7 +269,7 @@ def _train_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics["health/warnings"] = len(monitor.warnings)
             trainable = gather_trainable_state(engine, zero3, is_main)
             save_checkpoint_per_worker(engine, cfg, step, epoch, metrics, best, trainable, monitor.warnings,
-                                       is_main)
+                                       is_main, mining=miner.state_dict() if miner is not None else None)
         elif "val/dice" in metrics:
             ray.train.report(metrics)  # a validation between checkpoints still reaches Tune/ASHA
         if last:

@@ -2,7 +2,8 @@
 
 Train V2 pattern: Tune runs ``train_driver_fn`` (cheap, 0.01 CPU) per trial; it launches a multi-worker Ray Train run
 named after the trial id whose reports reach Tune through ``TuneReportCallback``. ASHA stops weak trials on
-``val/dice``. Re-running the same command resumes an interrupted sweep (``Tuner.restore``).
+``tune.metric`` (any validation metric of :mod:`sa2va_ray.train.val_metrics`, in its own direction). Re-running the
+same command resumes an interrupted sweep (``Tuner.restore``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sa2va_ray.checkpoint.safety import check_checkpoint_files
 from sa2va_ray.config import Config, config_from_dict, config_to_dict, with_overrides
 from sa2va_ray.data.prepare import Splits, prepare_splits, require_training_splits
+from sa2va_ray.tune.leaderboard import SHOWN_METRICS
 from sa2va_ray.tune.space import build_search_space
 
 log = logging.getLogger("sa2va_ray.tune")
@@ -44,7 +46,7 @@ def train_driver_fn(params: dict[str, Any], base: dict[str, Any], splits: Splits
         storage_path=cfg.storage,
         callbacks=[TuneReportCallback()],
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=cfg.tune.metric, checkpoint_score_order=cfg.tune.mode
+            num_to_keep=1, checkpoint_score_attribute=cfg.tune.metric, checkpoint_score_order=cfg.tune.direction
         ),
         failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
         logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
@@ -77,7 +79,7 @@ def derive_max_concurrent(cfg: Config, total: dict[str, float] | None = None) ->
 class TrialProgress:
     """One printed line per trial event: started, reported, stopped early, finished, errored."""
 
-    def __new__(cls, max_reports: int):
+    def __new__(cls, max_reports: int, metric: str = "val/dice"):
         from ray.tune import Callback
 
         class _Progress(Callback):
@@ -85,9 +87,9 @@ class TrialProgress:
                 print(f"[tune] {trial.trial_id} started   {_short(trial.config)}", flush=True)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                v = result.get("val/dice")
+                shown = " ".join(f"{k} {_round(result.get(k))}" for k in dict.fromkeys([metric, *SHOWN_METRICS]))
                 print(f"[tune] {trial.trial_id} report {result.get('training_iteration')}/{max_reports} "
-                      f"step {result.get('step', '?')} val/dice {v if v is None else round(v, 4)} "
+                      f"step {result.get('step', '?')} {shown} "
                       f"loss {round(result.get('train/loss', float('nan')), 4)}", flush=True)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -99,6 +101,10 @@ class TrialProgress:
                 print(f"[tune] {trial.trial_id} ERROR: {trial.error_file}", flush=True)
 
         return _Progress()
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -134,7 +140,7 @@ def run_tune_driver(cfg: Config, splits: Splits | None = None):
     )
     path = str(Path(storage) / sweep_name) if "://" not in storage else f"{storage}/{sweep_name}"
     concurrent = derive_max_concurrent(cfg)
-    callbacks = [TrialProgress(max_reports)]
+    callbacks = [TrialProgress(max_reports, cfg.tune.metric)]
     if tune.Tuner.can_restore(path):
         if "://" not in storage:  # resumed trials unpickle their checkpoints on every worker: refuse code-carrying ones
             check_checkpoint_files(storage, "trial_*/checkpoint_*/**/*.pt", skip_unreadable=True)
@@ -142,12 +148,12 @@ def run_tune_driver(cfg: Config, splits: Splits | None = None):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=space)
     else:
         print(f"[tune] {cfg.tune.num_samples} samples, up to {concurrent} trials at once, ASHA on "
-              f"{cfg.tune.metric} ({cfg.tune.mode}) over {max_reports} reports", flush=True)
+              f"{cfg.tune.metric} ({cfg.tune.direction}) over {max_reports} reports", flush=True)
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(
-                metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler, search_alg=search_alg,
+                metric=cfg.tune.metric, mode=cfg.tune.direction, scheduler=scheduler, search_alg=search_alg,
                 num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(name=sweep_name, storage_path=storage, callbacks=callbacks, verbose=0),

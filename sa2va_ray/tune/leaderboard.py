@@ -1,4 +1,8 @@
-"""Sweep results: leaderboard (CSV + Markdown) sorted by the validation metric, and a ready-to-run best.yaml."""
+"""Sweep results: leaderboard (CSV + Markdown) sorted by the validation metric, and a ready-to-run best.yaml.
+
+Beside the ranking metric, every row shows Dice, clDice and the Betti-0 error of the same report (the validation
+where the trial's ranking metric was best), so overlap and topology are read side by side.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,28 @@ import pandas as pd
 
 from sa2va_ray.config import Config, save_config, with_overrides
 
+SHOWN_METRICS = ("val/dice", "val/cldice", "val/betti0_error")
+"""Shown beside the ranking metric for every trial (at the report where the ranking metric was best)."""
+
 
 def build_leaderboard(result_grid, cfg: Config) -> pd.DataFrame:
-    """One row per trial: sampled keys, best and last val metric, final training loss, reports, status."""
-    metric, mode = cfg.tune.metric, cfg.tune.mode
+    """One row per trial: sampled keys, best and last val metric, Dice/clDice/Betti-0 error at the best report,
+    final training loss, reports, status."""
+    metric, mode = cfg.tune.metric, cfg.tune.direction
     rows: list[dict[str, Any]] = []
     for r in result_grid:
         hist = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
         vals = hist[metric].dropna() if metric in hist else pd.Series(dtype=float)
-        best = (vals.max() if mode == "max" else vals.min()) if len(vals) else math.nan
+        at = (vals.idxmax() if mode == "max" else vals.idxmin()) if len(vals) else None
+        best = vals[at] if at is not None else math.nan
         last = r.metrics or {}
         row: dict[str, Any] = {"trial_id": last.get("trial_id", Path(str(r.path)).name)}
         row.update({k: v for k, v in (r.config or {}).items()})
+        row[f"best_{metric}"] = best
+        for k in SHOWN_METRICS:
+            if k != metric:
+                row[k] = hist.at[at, k] if at is not None and k in hist else math.nan
         row.update({
-            f"best_{metric}": best,
             f"last_{metric}": last.get(metric, math.nan),
             "final_train_loss": last.get("train/loss", math.nan),
             "steps": last.get("step", math.nan),
@@ -58,7 +70,7 @@ def write_leaderboard(df: pd.DataFrame, cfg: Config, out_dir: str | Path, comman
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "leaderboard.csv", index=False)
     shown = df.drop(columns=["checkpoint_path"], errors="ignore")
-    md = [f"# Sweep leaderboard ({cfg.tune.metric}, {cfg.tune.mode})", "", shown.to_markdown(index=False,
+    md = [f"# Sweep leaderboard ({cfg.tune.metric}, {cfg.tune.direction})", "", shown.to_markdown(index=False,
                                                                                              floatfmt=".4g")]
     note = loss_vs_metric_note(df, cfg.tune.metric)
     if note:
