@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ def decode_rle(seg: dict) -> np.ndarray:
         rle = {"size": [h, w], "counts": counts.encode("ascii")}
     else:
         raise ValueError(f"RLE 'counts' must be a string or a list, got {type(counts).__name__}")
-    return mask_utils.decode(rle).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' __array__ predates NumPy 2's copy keyword (a DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
 
 
 def _polygons(seg: list, src: str, item: str, report: ConversionReport) -> list[list[float]]:
