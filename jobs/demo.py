@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"annotations: {cfg.data.annotations}\nimages:      {cfg.data.images_dir}")
     _banner("2/5 validation")
     print(validate_annotations(cfg.data.annotations, cfg.data.images_dir).format(), flush=True)
+    from sa2va_ray.data.convert.roundtrip import labelme_roundtrip  # "your own data": the LabelMe path, checked
+
+    print(labelme_roundtrip(cfg.data.annotations, cfg.data.images_dir, Path(cfg.output_dir) / "labelme").line())
     _banner("3/5 patient-level split")
     splits = prepare_splits(cfg)
     print(splits.summary() + f"\nsplit files: {Path(cfg.output_dir) / 'split'}", flush=True)
