@@ -5,8 +5,9 @@ A file holds ``version``, ``flags``, ``shapes`` (``{label, points, group_id, sha
 ``imageHeight`` and ``imageWidth``.
 
 * Shapes: ``polygon`` (at least 3 points, non-zero area), ``rectangle`` (two corners -> 4 points), ``circle``
-  (centre and a point on the circle -> a polygon whose points lie on the circle, at most 0.1 px inside it).
-  ``line``, ``linestrip``, ``point``, ``points`` and others have no area: dropped and named.
+  (centre and a point on the circle -> a polygon whose points lie on the circle, at most 0.1 px inside it),
+  ``mask`` (LabelMe's AI masks: a base64 PNG of the box between the two points, traced to polygons with the IoU
+  check of :mod:`~.trace`). ``line``, ``linestrip``, ``point``, ``points`` have no area: dropped and named.
 * Texts: the label, or ``--label-map LABEL=TEXT``; all shapes of one text in an image form one mask (union).
 * The image: ``--images/imagePath``, then ``--images/<file name of imagePath>``, then ``imagePath`` next to the
   JSON file. Its real (displayed) size is compared with ``imageWidth`` x ``imageHeight``: a mismatch is rescaled
@@ -16,12 +17,16 @@ A file holds ``version``, ``flags``, ``shapes`` (``{label, points, group_id, sha
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sa2va_ray.data.annotations import is_degenerate_polygon
 from sa2va_ray.data.convert.common import (
@@ -35,10 +40,11 @@ from sa2va_ray.data.convert.common import (
     size_factor,
 )
 from sa2va_ray.data.convert.report import ConversionReport
+from sa2va_ray.data.convert.trace import Traced, trace_mask
 
 CIRCLE_SAGITTA = 0.1
 """Largest distance (px) between a circle and the chords of its polygon."""
-AREA_SHAPES = ("polygon", "rectangle", "circle")
+AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 
 
 def circle_polygon(cx: float, cy: float, px: float, py: float) -> list[float]:
@@ -47,6 +53,27 @@ def circle_polygon(cx: float, cy: float, px: float, py: float) -> list[float]:
     n = max(16, math.ceil(math.pi / math.acos(max(-1.0, 1 - CIRCLE_SAGITTA / r)))) if r > 0 else 0
     a = math.atan2(py - cy, px - cx) + np.arange(n) * (2 * math.pi / n)  # starts at the drawn point
     return np.column_stack([cx + r * np.cos(a), cy + r * np.sin(a)]).reshape(-1).tolist()
+
+
+def mask_shape(shape: dict, simplify: float = 0.0) -> Traced:
+    """Traces a LabelMe ``mask`` shape: its PNG covers the pixels ``[y1, y2] x [x1, x2]`` of its two points.
+
+    Raises:
+        ValueError: If the points or the PNG are unusable.
+    """
+    points = shape.get("points")
+    if not (isinstance(points, list) and len(points) == 2 and all(isinstance(p, list) and len(p) == 2 and all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in p) for p in points)):
+        raise ValueError("a mask shape needs two [x, y] points (its box)")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(shape.get("mask") or "", validate=True))) as im:
+            crop = np.asarray(im.convert("L")) > 0  # (h, w)
+    except (binascii.Error, OSError, ValueError, TypeError) as e:
+        raise ValueError(f"its 'mask' is not a base64 PNG ({type(e).__name__})") from e
+    (x1, y1), _ = (np.asarray(points, dtype=np.float64)).astype(int)  # as LabelMe places it: int() of the corners
+    traced = trace_mask(crop, simplify)
+    traced.polygons = [(np.asarray(p).reshape(-1, 2) + (x1, y1)).reshape(-1).tolist() for p in traced.polygons]
+    return traced
 
 
 def shape_polygon(shape: Any) -> tuple[list[float] | None, str, str]:
@@ -93,7 +120,7 @@ def find_image(image_path: str, json_file: Path, images_dir: Path) -> Path | Non
     return next((c for c in candidates if base and c.is_file()), None)
 
 
-def _recorded_size(data: dict, real: tuple[int, int]) -> tuple[int, int] | None:
+def _recorded_size(data: dict) -> tuple[int, int] | None:
     w, h = data.get("imageWidth"), data.get("imageHeight")
     ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h))
     return (w, h) if ok else None
@@ -141,7 +168,7 @@ def read_labelme_file(path: Path, images_dir: Path, opts: ConvertOptions, report
                     "keep one LabelMe file per image (rename one image if they differ)", count=len(shapes))
         return None
     names[image.name] = src
-    recorded = _recorded_size(data, real)
+    recorded = _recorded_size(data)
     if recorded is None:
         report.warn(src, f"no valid imageWidth/imageHeight; the real size {real[0]}x{real[1]} of {image.name} "
                          "is assumed")
@@ -154,9 +181,22 @@ def read_labelme_file(path: Path, images_dir: Path, opts: ConvertOptions, report
         label = shape.get("label") if isinstance(shape, dict) else None
         kind = (shape.get("shape_type") or "polygon") if isinstance(shape, dict) else "?"
         item = f"shape {i} ({kind} {label!r})"
-        poly, reason, message = shape_polygon(shape)
-        if poly is None:
-            fix = ("draw it as a polygon, rectangle or circle" if reason == "unsupported_shape"
+        iou = None
+        if kind == "mask":
+            try:
+                traced = mask_shape(shape, opts.simplify)
+            except ValueError as e:
+                report.drop(src, item, "bad_shape", str(e), "redraw or delete it in LabelMe")
+                continue
+            if not traced.polygons:
+                report.drop(src, item, "bad_shape", "the mask is empty", "delete it in LabelMe")
+                continue
+            polys, iou = traced.polygons, traced.iou
+        else:
+            poly, reason, message = shape_polygon(shape)
+            polys = [poly] if poly is not None else []
+        if not polys:
+            fix = ("draw it as a polygon, rectangle, circle or mask" if reason == "unsupported_shape"
                    else "redraw or delete it in LabelMe")
             report.drop(src, item, reason, message, fix)
             continue
@@ -166,7 +206,7 @@ def read_labelme_file(path: Path, images_dir: Path, opts: ConvertOptions, report
         label = label.strip()
         out.objects.append(SourceObject(item=item, keys=(label,), label=label,
                                         default_text=None if opts.text_map else label,
-                                        polygons=[scale_points(poly, *factor)]))
+                                        polygons=[scale_points(p, *factor) for p in polys], iou=iou))
     return out
 
 

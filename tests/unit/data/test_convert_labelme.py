@@ -152,3 +152,27 @@ def test_cli_runs_without_torch_and_errors_are_one_line(tmp_path):
             "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_ai_mask_shapes_are_traced_with_their_hole(folder, tmp_path):
+    import base64
+    import io
+
+    crop = np.zeros((30, 40), bool)
+    crop[2:28, 3:37] = True
+    crop[10:20, 12:28] = False  # a loop
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "PNG")  # a mode "1" PNG, as LabelMe stores a mask shape
+    mask_shape = shape([[100.0, 50.0], [139.0, 79.0]], kind="mask")
+    mask_shape["mask"] = base64.b64encode(buf.getvalue()).decode("ascii")
+    broken = shape([[0.0, 0.0], [5.0, 5.0]], kind="mask")
+    broken["mask"] = "%%%"
+    write(folder, "a", labelme_doc("a.jpg", [mask_shape, broken], 512, 512))
+    result = convert_annotations("labelme", folder, tmp_path / "out")
+    [record] = load_annotation_list(result.annotations)
+    expected = np.zeros((512, 512), bool)
+    expected[50:80, 100:140] = crop
+    assert np.array_equal(rasterize_polygons(record["mask"][0], 512, 512), expected)
+    assert result.report.objects[0]["iou"] == 1.0
+    [drop] = result.report.drops
+    assert drop.reason == "bad_shape" and "not a base64 PNG" in drop.message
