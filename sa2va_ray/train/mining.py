@@ -60,18 +60,27 @@ class HardMiner:
 
     def refresh(self, all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> int:
         """Pool every rank's pending measurements (a collective: every rank calls it at the same step), update the
-        last Dice of each measured row (mean over ranks that measured it at once) and rebuild the hard set.
+        last Dice of each measured row (mean over the ranks that measured it since the last refresh) and rebuild the
+        hard set.
 
         Returns:
             The size of the hard set.
         """
+        return self.apply_sums(all_reduce(self.local_sums()))
+
+    def local_sums(self) -> torch.Tensor:
+        """This rank's pending measurements as (2R,) float64: Dice per row, then 1 where measured."""
         n = len(self.last_dice)
-        sums = torch.zeros(2 * n, dtype=torch.float64)  # dice sums, then counts
+        sums = torch.zeros(2 * n, dtype=torch.float64)
         if self.pending:
             ids = torch.tensor(list(self.pending), dtype=torch.long)
             sums[ids] = torch.tensor(list(self.pending.values()), dtype=torch.float64)
             sums[n + ids] = 1.0
-        sums = all_reduce(sums)
+        return sums
+
+    def apply_sums(self, sums: torch.Tensor) -> int:
+        """Take in :meth:`local_sums` summed over all ranks; clears what was pending; returns the hard set size."""
+        n = len(self.last_dice)
         counts = sums[n:].numpy()
         measured = counts > 0
         self.last_dice[measured] = sums[:n].numpy()[measured] / counts[measured]
