@@ -116,3 +116,14 @@ def test_masks_beside_their_images(raw, tmp_path):
     Image.fromarray(_vessel_loop() * 255).save(raw / "images" / "a_mask.png")
     result = convert_annotations("masks", raw / "images", tmp_path / "out", raw / "images", text="blood vessel")
     assert result.clean and [r["image"] for r in load_annotation_list(result.annotations)] == ["a.png"]
+
+
+def test_polygons_below_min_iou_are_dropped_and_reported(raw, tmp_path):
+    _image(raw, "a.png")
+    yy, xx = np.mgrid[0:40, 0:48]
+    _mask(raw, "a_mask.png", (np.abs(yy - 0.8 * xx) < 2) * 255)  # a thin oblique vessel: a staircase outline
+    opts = ConvertOptions(simplify=3.0, min_iou=0.999, drop_unmapped=True)
+    with pytest.raises(ConvertError, match="nothing to write.*trace_iou: traced polygons rasterise to IoU 0.") as e:
+        convert_annotations("masks", raw / "masks", tmp_path / "out", raw / "images", opts, text="blood vessel")
+    [obj] = e.value.report.objects
+    assert obj["iou"] < 0.999 and obj["image"] == "a.png" and obj["text"] == "blood vessel"
