@@ -78,6 +78,7 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
         from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
         from sa2va_ray.data.annotations import AnnotationFileError
         from sa2va_ray.model.checkpoint import LayoutError
+        from sa2va_ray.model.postprocess import PostprocessError
         from sa2va_ray.train.resources import ResourceError
 
         try:
@@ -85,7 +86,7 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr, flush=True)
         except (IntegrityError, ResourceError, AnnotationFileError, UnsafeCheckpointError, CheckpointReadError,
-                LayoutError) as e:
+                LayoutError, PostprocessError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 

@@ -377,8 +377,33 @@ class EvalSection:
     """Bootstrap resamples for confidence intervals."""
     strict: bool = False
     """Any failed sample fails the job."""
+    threshold: str = "model"
+    """Mask threshold: ``model`` (the model's calibrated ``postprocess.json``, else the official 0.5) or a number in
+    (0, 1). The summary says which threshold produced it and on what set it was chosen."""
+    same_set_threshold: bool = False
+    """Use the model's calibrated threshold even on the very set it was chosen on (the summary flags the numbers as
+    optimistic). Off: that set is scored at 0.5, and the calibrated value is shown beside it, flagged."""
+    calibrate_metric: str = "dice"
+    """jobs/calibrate.py: the threshold maximising this mean metric (dice, iou, cldice, precision, recall)."""
+    tta: str = "none"
+    """Test-time augmentation: ``none`` or ``flip`` (mean probability of the image and its horizontal flip)."""
+    save_probs: bool = False
+    """Write each sample's probability map (float16, compressed ``probs/*.npz``, indexed in ``probs/index.csv``)."""
 
     def __post_init__(self) -> None:
+        if self.threshold != "model":
+            try:
+                value = float(self.threshold)
+            except ValueError:
+                raise ConfigError(f"eval.threshold must be 'model' or a number in (0, 1), got {self.threshold!r}") \
+                    from None
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"eval.threshold must be in (0, 1), got {value}")
+        if self.calibrate_metric not in {"dice", "iou", "cldice", "precision", "recall"}:
+            raise ConfigError(f"eval.calibrate_metric must be dice, iou, cldice, precision or recall, "
+                              f"got {self.calibrate_metric!r}")
+        if self.tta not in {"none", "flip"}:
+            raise ConfigError(f"eval.tta must be none or flip, got {self.tta!r}")
         if self.mode not in {"teacher_forced", "generate", "sequence"}:
             raise ConfigError(f"eval.mode must be teacher_forced, generate or sequence, got {self.mode!r}")
         if self.sequence_k < 1 or self.sequence_sampling not in {"uniform", "first"}:

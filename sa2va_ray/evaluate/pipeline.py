@@ -21,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sa2va_ray.config import Config, config_to_dict
+from sa2va_ray.evaluate.calibration import resolve_threshold, samples_sha
 from sa2va_ray.evaluate.inputs import EvalInputs, absolute_path, check_model_path, collect_eval_inputs
 from sa2va_ray.evaluate.overlays import OverlaySelector, record_loader, write_overlays
 from sa2va_ray.evaluate.predictor import Sa2VAPredictor
@@ -41,7 +44,8 @@ from sa2va_ray.evaluate.report import (
     write_summary_json,
 )
 from sa2va_ray.evaluate.sequence import Sa2VASequencePredictor, format_run_markdown, run_table, sequence_items
-from sa2va_ray.evaluate.table import PACKED_COLUMN, finish_table, missing_rows, write_sample_tables
+from sa2va_ray.evaluate.table import CURVE_COLUMNS, PACKED_COLUMN, finish_table, missing_rows, write_sample_tables
+from sa2va_ray.evaluate.threshold import best_threshold, plot_curve, set_curve
 
 __all__ = ["EvalInputs", "EvalResult", "check_model_path", "collect_eval_inputs", "run_eval_pipeline",
            "run_evaluation"]
@@ -58,6 +62,8 @@ class EvalResult:
     table: pd.DataFrame
     overlays: list[Path] = field(default_factory=list)
     markdown: str = ""
+    curve: pd.DataFrame | None = None
+    """The set's threshold curve (:func:`~sa2va_ray.evaluate.threshold.set_curve`); None when nothing was scored."""
 
 
 DECODE_CPUS_CPU_ONLY = 0.5
@@ -87,13 +93,16 @@ def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
     return ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), per_actor, 0.0
 
 
-def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector | None = None) -> pd.DataFrame:
+def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector | None = None,
+                      threshold: float | None = None, probs_dir: Path | None = None) -> pd.DataFrame:
     """Run the Ray Data pipeline over ``inputs.samples``; return one scalar row per record-text.
 
     Args:
         cfg: run config (``model.*``, ``eval.*``, ``scaling.use_gpu``).
         inputs: from :func:`collect_eval_inputs`.
         selector: receives every output batch (keeps the masks wanted for overlays).
+        threshold: the mask threshold (None: the model's own, see :mod:`~sa2va_ray.evaluate.calibration`).
+        probs_dir: write probability maps there (``eval.save_probs``; a path every node can write).
     """
     import ray
 
@@ -118,19 +127,26 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         "vessel_metrics": cfg.eval.vessel_metrics,
         "use_gpu": cfg.scaling.use_gpu,
         "keep_masks": selector is not None and cfg.eval.num_overlays > 0,
+        "threshold": threshold,
     }
     if cfg.eval.mode == "sequence":  # one (run, text) per task: a run's SAM2 memory stays in one actor
-        items = sequence_items(inputs.samples, cfg.data.run_regex or None)
+        from sa2va_ray.evaluate.sequence import chunk_items  # long runs: chunks with overlap, one row per frame
+
+        items = chunk_items(sequence_items(inputs.samples, cfg.data.run_regex or None), cfg.eval.sequence_chunk,
+                            cfg.eval.sequence_overlap)
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         predictor, batch_size = Sa2VASequencePredictor, 1
         predictor_kwargs.update(mode="teacher_forced", samples=inputs.samples, images_dir=inputs.images_dir,
                                 k=cfg.eval.sequence_k, sampling=cfg.eval.sequence_sampling,
-                                allow_symlinks_outside=cfg.data.allow_symlinks_outside)
-        what = f"{len(items)} runs x texts"
+                                allow_symlinks_outside=cfg.data.allow_symlinks_outside,
+                                offload=cfg.eval.sequence_offload)
+        what = f"{len(items)} items (runs x texts, in chunks of <= {cfg.eval.sequence_chunk or 'all'} frames)"
     else:
         ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
                                allow_symlinks_outside=cfg.data.allow_symlinks_outside)
         predictor, batch_size, what = Sa2VAPredictor, cfg.eval.batch_size, f"batch size {cfg.eval.batch_size}"
+        predictor_kwargs.update(tta=cfg.eval.tta, probs_dir=str(probs_dir) if probs_dir else None,
+                                probs_key=secrets.token_hex(16))  # the key of the file names dies with the run
     ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ds = ds.map_batches(
         predictor,
@@ -158,6 +174,21 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
                   f"{done / max(now, 1e-9):.1f} samples/s", flush=True)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return _reconcile(table, inputs)
+
+
+def sample_curves(predicted: pd.DataFrame) -> list[dict]:
+    """The per-sample curves (:func:`~sa2va_ray.evaluate.threshold.sample_curve` form) of the scored rows."""
+    if "curve_tp" not in predicted.columns or predicted.empty:
+        return []
+    ok = predicted[(predicted["status"] == "ok") & (predicted["curve_tp"].map(len) > 0)]
+    return [{"tp": np.asarray(r.curve_tp), "pred": np.asarray(r.curve_pred), "gt": int(r.gt_area),
+             "cldice": np.asarray(r.curve_cldice) if len(r.curve_cldice) else None} for r in ok.itertuples()]
+
+
+def _at(curve: pd.DataFrame, threshold: float, metric: str) -> float:
+    """``metric`` of the curve at the grid point nearest ``threshold``."""
+    i = (curve["threshold"] - threshold).abs().idxmin()
+    return float(curve.loc[i, metric])
 
 
 def _reconcile(table: pd.DataFrame, inputs: EvalInputs) -> pd.DataFrame:
@@ -218,9 +249,24 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     check_model_path(cfg)
     inputs = collect_eval_inputs(cfg)
     selector = OverlaySelector(cfg.eval.num_overlays, seed=cfg.data.split_seed)
-    predicted = run_eval_pipeline(cfg, inputs, selector)
+    sha = samples_sha(inputs.samples)
+    use = resolve_threshold(cfg.eval.threshold, cfg.model.path, sha, cfg.eval.same_set_threshold)
+    print(f"[eval] threshold {use.value:.2f} ({use.source}"
+          + (f"; the calibrated {use.calibrated:.2f} was chosen on this same set and is not applied" if
+             use.calibrated is not None else ", chosen on this same set: optimistic" if use.same_set else "")
+          + ")", flush=True)
+    probs_dir = out / "probs" if cfg.eval.save_probs else None
+    if probs_dir is not None:
+        probs_dir.mkdir()
+    predicted = run_eval_pipeline(cfg, inputs, selector, threshold=use.value, probs_dir=probs_dir)
+    curves = sample_curves(predicted)
+    predicted = predicted.drop(columns=[c for c in CURVE_COLUMNS if c in predicted.columns])
     table = finish_table([predicted, pd.DataFrame(inputs.failed_rows)], inputs.patient_of, inputs.pseudonymiser)
     write_sample_tables(table, out)
+    if probs_dir is not None and "prob_file" in table.columns:
+        table.loc[table["prob_file"].fillna("") != "", ["sample_id", "image", "patient", "prob_file"]].to_csv(
+            probs_dir / "index.csv", index=False)
+    curve = set_curve(curves)
     runs = run_table(table) if cfg.eval.mode == "sequence" else None
     if runs is not None:
         runs.to_parquet(out / "runs.parquet", index=False)
@@ -237,6 +283,19 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
         rows_per_worker=table.loc[table["worker"] != "", "worker"].value_counts().to_dict(),
     )  # fmt: skip
     summary["n_records"] = inputs.n_records
+    summary["threshold"] = use.as_dict()
+    summary["threshold"]["samples_sha"] = sha
+    summary["tta"] = cfg.eval.tta
+    if len(curve):
+        curve.to_csv(out / "threshold_curve.csv", index=False)
+        best_t, best_v = best_threshold(curve, "dice")
+        summary["threshold_curve"] = {"best_dice_threshold": best_t, "best_dice": best_v,
+                                      "dice_at_threshold": float(_at(curve, use.value, "dice"))}
+        if use.calibrated is not None:
+            summary["threshold_curve"]["dice_at_calibrated_same_set"] = float(_at(curve, use.calibrated, "dice"))
+        marks = {"used": use.value, **({"calibrated (this set)": use.calibrated} if use.calibrated is not None
+                                       else {}), "best on this set": best_t}
+        plot_curve(curve, out / "threshold_curve.png", marks, title=f"{cfg.eval.mode}: metrics against threshold")
     write_summary_json(summary, out / "summary.json")
     if runs is not None:
         summary["runs"] = {"n_runs": int(runs["run_id"].nunique()), **{
@@ -254,4 +313,4 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     overlays, problems = write_overlays(selection, loader, out / "overlays")
     for p in problems:
         log.warning("%s", inputs.hide(p))
-    return EvalResult(out, summary, table, overlays, markdown)
+    return EvalResult(out, summary, table, overlays, markdown, curve if len(curve) else None)

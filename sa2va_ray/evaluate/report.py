@@ -127,6 +127,7 @@ def format_summary_markdown(
         + ("patients (all frames of a patient resampled together)" if summary.get("ci_level") == "patient"
            else "samples") + "; n_nan: undefined values (excluded).",
     ]
+    lines += format_threshold_section(summary)
     n_pat = summary.get("n_patients_ok")
     if n_pat is not None and n_pat < MIN_PATIENTS_FOR_CI:
         lines += ["", f"**Warning:** only {n_pat} patient(s) have scored samples: with fewer than "
@@ -141,6 +142,28 @@ def format_summary_markdown(
             if len(failures) > max_failures:
                 lines.append(f"| ... | {len(failures) - max_failures} more in samples.csv | |")
     return "\n".join(lines) + "\n"
+
+
+def format_threshold_section(summary: dict[str, Any]) -> list[str]:
+    """Lines saying which threshold produced the numbers, on what it was chosen, and what the curve shows."""
+    from sa2va_ray.evaluate.calibration import describe_threshold
+
+    t = summary.get("threshold")
+    if not t:
+        return []
+    lines = ["", "## Threshold", "", describe_threshold(t)]
+    if summary.get("tta") and summary["tta"] != "none":
+        lines.append(f"Test-time augmentation: {summary['tta']} (mean probability of the image and its flip).")
+    c = summary.get("threshold_curve")
+    if c:
+        lines += ["", f"- Dice at the threshold used ({t['value']:.2f}): {_fmt(c['dice_at_threshold'])}"]
+        if "dice_at_calibrated_same_set" in c:
+            lines.append(f"- ⚠ Dice at the calibrated {t['calibrated']:.2f} on this same set (optimistic): "
+                         f"{_fmt(c['dice_at_calibrated_same_set'])}")
+        lines += [f"- best Dice on this set, for information only (never applied): {_fmt(c['best_dice'])} at "
+                  f"{c['best_dice_threshold']:.2f}", "",
+                  "![metrics against threshold](threshold_curve.png) — values in `threshold_curve.csv`."]
+    return lines
 
 
 def plot_dice_histogram(dice: np.ndarray, path: str | Path, title: str = "per-sample Dice") -> Path:

@@ -60,8 +60,8 @@ def sample_curve(prob: np.ndarray, gt: np.ndarray, with_cldice: bool = False) ->
 
 
 def curve_metrics(tp: np.ndarray, pred: np.ndarray, gt: np.ndarray | int) -> dict[str, np.ndarray]:
-    """Per-threshold overlap metrics from counts (broadcastable: ``tp``/``pred`` (N, T), ``gt`` (N, 1)), with the empty-mask rules of
-    :mod:`~sa2va_ray.evaluate.metrics`: both empty → 1; one empty → 0 (precision of an empty prediction is 0)."""
+    """Per-threshold overlap metrics from counts (``tp``/``pred`` (N, T), ``gt`` (N, 1)), with the empty-mask rules
+    of :mod:`~sa2va_ray.evaluate.metrics`: both empty → 1; one empty → 0 (precision of an empty prediction is 0)."""
     tp, pred, gt = (np.asarray(x, dtype=np.float64) for x in (tp, pred, gt))
     union = pred + gt - tp
     both_empty = (pred == 0) & (gt == 0)

@@ -141,7 +141,7 @@ def test_interrupted_evaluation_keeps_the_previous_outputs(ray_cluster, syntheti
     sys.path.insert(0, str(REPO / "jobs"))
     import evaluate  # jobs/evaluate.py
 
-    def fake_predictions(cfg, inputs, selector=None):  # the Ray Data part is not what this test is about
+    def fake_predictions(cfg, inputs, selector=None, **kwargs):  # the Ray Data part is not what this test is about
         rows = [mark_error(empty_row(s.sample_id(t), s.index, t, s.image, text), "test", "not predicted")
                 for s in inputs.samples for t, text in enumerate(s.texts)]
         return pd.DataFrame(rows)
