@@ -14,6 +14,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -225,3 +226,63 @@ def test_sequence_mode_scores_runs(evaluated, setup, ray_cluster):
     assert "## Runs (eval.mode=sequence)" in (eval_dir / "summary.md").read_text()
     for name in ("runs.csv", "samples.csv", "summary.md"):
         assert not PATIENT_ID.search((eval_dir / name).read_text()), f"patient id in {name}"
+
+
+def test_default_threshold_is_never_chosen_on_the_reported_set(evaluated):
+    """No calibration: the numbers are at 0.5 whatever the curve of this set says; the curve agrees with them."""
+    _, eval_dir = evaluated
+    s = json.loads((eval_dir / "summary.json").read_text())
+    assert (s["threshold"]["value"], s["threshold"]["source"]) == (0.5, "default")
+    curve = pd.read_csv(eval_dir / "threshold_curve.csv")
+    assert len(curve) == 19 and (curve["n"] == s["n_ok"]).all()
+    at_half = curve.loc[(curve["threshold"] - 0.5).abs() < 1e-9].iloc[0]
+    assert at_half["dice"] == pytest.approx(s["metrics"]["dice"]["mean"], abs=1e-12)
+    assert at_half["cldice"] == pytest.approx(s["metrics"]["cldice"]["mean"], abs=1e-12)
+    assert s["threshold_curve"]["dice_at_threshold"] == pytest.approx(s["metrics"]["dice"]["mean"], abs=1e-12)
+    assert (eval_dir / "threshold_curve.png").stat().st_size > 0
+    assert "no calibrated threshold" in (eval_dir / "summary.md").read_text()
+
+
+def test_calibrate_on_validation_then_evaluate_a_held_out_set(setup, ray_cluster):
+    """calibrate writes postprocess.json from the validation records; a held-out set is scored at that threshold;
+    the validation set itself is scored at 0.5 with the calibrated value flagged; probability maps are written."""
+    root = setup["root"]
+    recs = json.loads((root / "data" / "annotations.json").read_text())
+    (root / "val.json").write_text(json.dumps(recs[:4]))
+    (root / "test.json").write_text(json.dumps(recs[4:6]))
+    model = root / "model_cal"
+    shutil.copytree(root / "model0", model)
+    base = [a for a in setup["overrides"] if not a.startswith(("data.annotations", "data.val_annotations"))]
+    base += [f"data.annotations={root / 'val.json'}", f"model.path={model}"]
+    out = root / "calibrated"
+    assert _load_job("calibrate").main(["--config", str(CONFIG), f"output_dir={out}",
+                                        f"data.val_annotations={root / 'val.json'}", *base]) == 0
+    pp = json.loads((model / "postprocess.json").read_text())
+    curve = pd.read_csv(out / "calibration" / "threshold_curve.csv")
+    assert pp["value"] == pytest.approx(curve["dice"].max()) and pp["metric"] == "dice"
+    assert pp["chosen_on"]["n_samples"] == 4 and pp["chosen_on"]["split"] == "val_annotations"
+    pp["threshold"] = 0.3  # a value the test can tell apart from 0.5 whatever this untrained model's curve is
+    (model / "postprocess.json").write_text(json.dumps(pp))
+
+    rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out / 'test'}", "eval.save_probs=true",
+                                     f"data.val_annotations={root / 'test.json'}", *base])
+    assert rc == 0
+    s = json.loads((out / "test" / "eval" / "summary.json").read_text())
+    t = s["threshold"]
+    assert (t["value"], t["source"], t["same_set"], t["calibrated"]) == (0.3, "postprocess.json", False, None)
+    rows = pd.read_parquet(out / "test" / "eval" / "samples.parquet")
+    assert (rows["threshold"] == 0.3).all()
+    held_out = pd.read_csv(out / "test" / "eval" / "threshold_curve.csv")
+    at = held_out.loc[(held_out["threshold"] - 0.3).abs() < 1e-9, "dice"].iloc[0]
+    assert s["metrics"]["dice"]["mean"] == pytest.approx(at, abs=1e-12)  # the numbers are those at 0.3
+    index = pd.read_csv(out / "test" / "eval" / "probs" / "index.csv")
+    assert len(index) == 2 and not PATIENT_ID.search((out / "test" / "eval" / "probs" / "index.csv").read_text())
+    for name in index["prob_file"]:
+        prob = np.load(out / "test" / "eval" / "probs" / name)["prob"]
+        assert prob.dtype == np.float16 and prob.shape == (64, 64)
+
+    rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out / 'val'}",
+                                     f"data.val_annotations={root / 'val.json'}", *base])
+    s = json.loads((out / "val" / "eval" / "summary.json").read_text())
+    assert rc == 0 and (s["threshold"]["value"], s["threshold"]["calibrated"]) == (0.5, 0.3)
+    assert "this same set" in (out / "val" / "eval" / "summary.md").read_text()
