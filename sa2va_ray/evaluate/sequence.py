@@ -7,10 +7,32 @@ decodes the frames, calls `predict_sequence` and returns one row per frame with 
 the previous predicted frame - the same for the ground truth|). :func:`run_table` turns the rows into
 ``eval/runs.parquet``: J, F, J&F, temporal stability and the worst frame per run (the definitions of
 :func:`sa2va_ray.evaluate.metrics.run_metrics`).
+
+Long runs (:func:`chunk_items`, ``eval.sequence_chunk``/``eval.sequence_overlap``): an item longer than the chunk is
+split into chunks of at most ``chunk`` frames, each sharing ``overlap`` frames with the chunk before. Each chunk is
+predicted on its own: the LLM sees k frames sampled from the chunk and prompts SAM2 on them, and SAM2's memory
+propagates within the chunk. Chunks are independent Ray Data items, so the chunks of one long run run in parallel on
+several actors; carrying the previous chunk's mask into the next as a SAM2 mask prompt would chain them (chunk i+1
+waits for chunk i) and feed one chunk's errors into the next, and SAM2 in Sa2VA is prompted by `[SEG]`, not by its
+own masks. The overlap warms the later chunk's memory up: its first owned frame already has ``overlap`` frames of
+memory behind it. **An overlap frame's row comes from the earlier chunk**, where it sits after the chunk's own
+frames with a full memory window (in the later chunk it is among the first, least-informed frames); the later chunk
+predicts it only as memory and emits rows for its owned frames. So every frame has exactly one row, and the driver's
+stitching is the concatenation of the rows (they share ``run_id``: ``runs.parquet`` has one row per run). The
+``stability`` of a chunk's first owned frame compares it with the same chunk's prediction of the frame before it
+(an overlap frame), since the row of that frame comes from another actor.
+
+A run mixing image sizes (``mixed_sizes`` in the validation report) cannot be one SAM2 video: the frames of each
+size are predicted as a video of their own, the most common size of the item keeps ``run_id`` and the others get
+``<run_id>@<W>x<H>`` (the rule of :mod:`sa2va_ray.data.runs`), so ``runs.parquet`` shows them as separate runs.
+Two images with one frame number are excluded by validation (``duplicate_frame`` error rows); without validation,
+:func:`~sa2va_ray.data.runs.discover_runs` takes the later one out as a run of one frame, which is predicted as an
+image.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +44,8 @@ from sa2va_ray.data.runs import discover_runs
 from sa2va_ray.evaluate.metrics import binary_metrics, boundary_f
 from sa2va_ray.evaluate.predictor import Sa2VAPredictor, _describe
 from sa2va_ray.evaluate.table import PACKED_COLUMN, empty_row, mark_error
+
+log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ("run_id", "patient", "text", "frames", "j", "f", "jf", "temporal_stability", "worst_frame", "worst_j")
 
@@ -52,6 +76,38 @@ def sequence_items(samples: list[Sample], regex: str | None = None) -> list[dict
     return items
 
 
+def chunk_bounds(n: int, chunk: int, overlap: int) -> list[tuple[int, int, int]]:
+    """``(start, end, own_from)`` of the chunks of an item of `n` frames: positions ``[start, end)``, rows from
+    ``start + own_from`` on.
+
+    One chunk when ``n <= chunk`` (or ``chunk == 0``). Otherwise the fewest chunks of at most `chunk` frames with
+    consecutive chunks sharing `overlap` frames, ``m = ceil((n - overlap) / (chunk - overlap))``, all of one length
+    ``L = ceil((n + (m - 1) * overlap) / m)`` but the last (shorter by less than m); chunk i starts at
+    ``i * (L - overlap)``. The first chunk owns all its frames, the others all but their first `overlap`.
+    """
+    if chunk <= 0 or n <= chunk:
+        return [(0, n, 0)]
+    if not 0 <= overlap < chunk:
+        raise ValueError(f"need 0 <= overlap < chunk, got overlap {overlap}, chunk {chunk}")
+    m = -(-(n - overlap) // (chunk - overlap))
+    length = -(-(n + (m - 1) * overlap) // m)
+    starts = [i * (length - overlap) for i in range(m)]
+    return [(s, min(s + length, n), 0 if i == 0 else overlap) for i, s in enumerate(starts)]
+
+
+def chunk_items(items: list[dict[str, Any]], chunk: int, overlap: int) -> list[dict[str, Any]]:
+    """The items of :func:`sequence_items` split by :func:`chunk_bounds`; each gains ``chunk`` (its index),
+    ``chunks`` (how many the item has) and ``own_from`` (position of its first owned frame)."""
+    out = []
+    for item in items:
+        bounds = chunk_bounds(len(item["samples"]), chunk, overlap)
+        for i, (start, end, own) in enumerate(bounds):
+            part = {key: (v[start:end] if isinstance(v, list) else v) for key, v in item.items()}
+            part.update(chunk=i, chunks=len(bounds), own_from=own)
+            out.append(part)
+    return out
+
+
 class Sa2VASequencePredictor(Sa2VAPredictor):
     """Ray Data predictor of runs: the model loaded once, then one (run, text) item per call.
 
@@ -61,14 +117,16 @@ class Sa2VASequencePredictor(Sa2VAPredictor):
         k, sampling: `predict_sequence`'s k and sampling.
         llm_mode: how the LLM gives `[SEG]` (``teacher_forced`` | ``generate``).
         allow_symlinks_outside: ``data.allow_symlinks_outside``.
+        offload: ``eval.sequence_offload`` (`predict_sequence`'s offload).
     """
 
     def __init__(self, samples: list[Sample], images_dir: str, k: int = 5, sampling: str = "uniform",
-                 llm_mode: str = "teacher_forced", allow_symlinks_outside: bool = False, **kwargs):
+                 llm_mode: str = "teacher_forced", allow_symlinks_outside: bool = False, offload: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.samples, self.images_dir = samples, images_dir
         self.k, self.sampling, self.llm_mode = k, sampling, llm_mode
-        self.allow = allow_symlinks_outside
+        self.allow, self.offload = allow_symlinks_outside, offload
 
     def _rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         rows, frames, gts, ok = [], [], [], []
@@ -92,10 +150,20 @@ class Sa2VASequencePredictor(Sa2VAPredictor):
         by_size: dict[tuple[int, int], list[int]] = {}
         for j, i in enumerate(ok):  # a run mixing sizes is predicted as one video per size
             by_size.setdefault(frames[j].shape[:2], []).append(j)
-        for group in by_size.values():
+        sizes = sorted(by_size, key=lambda s: -len(by_size[s]))  # stable: ties keep the earlier frame's size
+        if len(sizes) > 1:
+            log.warning("run %s mixes image sizes (%s): each size is predicted as a video of its own, %s keeps the "
+                        "run id", item["run_id"], ", ".join(f"{w}x{h}: {len(by_size[(h, w)])} frames"
+                                                            for h, w in sizes), f"{sizes[0][1]}x{sizes[0][0]}")
+            for h, w in sizes[1:]:
+                for j in by_size[(h, w)]:
+                    rows[ok[j]]["run_id"] = f"{item['run_id']}@{w}x{h}"
+        for size in sizes:
+            group = by_size[size]
             try:
                 result = self.model.predict_sequence([frames[j] for j in group], item["text"], k=self.k,
-                                                     sampling=self.sampling, mode=self.llm_mode)
+                                                     sampling=self.sampling, mode=self.llm_mode,
+                                                     offload=self.offload, threshold=getattr(self, "threshold", 0.5))
             except Exception as e:
                 for j in group:
                     mark_error(rows[ok[j]], "predict_error", f"sequence prediction failed: {_describe(e)}")
@@ -112,7 +180,7 @@ class Sa2VASequencePredictor(Sa2VAPredictor):
                     previous = (pred, gt)
                 except Exception as e:
                     mark_error(row, "metric_error", f"metrics failed: {_describe(e)}")
-        return rows
+        return rows[item.get("own_from", 0):]  # the overlap frames' rows come from the chunk before
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         """Predict and score the items of a batch (one per call with batch_size=1); one row per frame."""
@@ -121,7 +189,8 @@ class Sa2VASequencePredictor(Sa2VAPredictor):
             item = {"run_id": str(batch["run_id"][i]), "text": str(batch["text"][i]),
                     "samples": [int(x) for x in batch["samples"][i]],
                     "text_index": [int(x) for x in batch["text_index"][i]],
-                    "frame": [int(x) for x in batch["frame"][i]]}
+                    "frame": [int(x) for x in batch["frame"][i]],
+                    "own_from": int(batch["own_from"][i]) if "own_from" in batch else 0}
             rows += self._rows(item)
         return pd.DataFrame(rows)
 
