@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("eval.calibrate_metric=cldice needs eval.vessel_metrics=true")
     if cfg.eval.mode == "sequence":
         raise ConfigError("calibrate with eval.mode=teacher_forced or generate (sequence mode has no threshold curve)")
-    from sa2va_ray.evaluate.calibration import choose_threshold, write_choice
+    from sa2va_ray.evaluate.calibration import calibrate_from_result, describe_choice
     from sa2va_ray.evaluate.pipeline import run_evaluation
     from sa2va_ray.train.resources import check_gpus_exist
 
@@ -46,19 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.curve is None:
         print(f"[calibrate] no sample was scored; see {result.out_dir / 'samples.csv'}", file=sys.stderr, flush=True)
         return 1
-    s = result.summary
-    choice = choose_threshold(result.curve, cfg.eval.calibrate_metric)
-    split = "val_annotations" if cfg.data.val_annotations else (
-        f"validation patients (val_fraction {cfg.data.val_fraction}, split_seed {cfg.data.split_seed})")
-    chosen_on = {"annotations": s["annotations"], "split": split, "n_samples": s["n_ok"],
-                 "n_patients": s.get("n_patients_ok", s.get("n_patients")),
-                 "samples_sha": s["threshold"]["samples_sha"]}
-    path = write_choice(cfg.model.path, choice, chosen_on, str(s["model_fingerprint"]))
-    m = choice["metric"]
-    print(f"\n[calibrate] threshold {choice['threshold']:.2f} by {m} on {split} ({s['n_ok']} samples, "
-          f"{chosen_on['n_patients']} patients): {m} {choice['value']:.4f} against {choice['value_at_default']:.4f} "
-          f"at 0.50\n[calibrate] wrote {path}\n[calibrate] curve: {result.out_dir / 'threshold_curve.png'}, "
-          f"{result.out_dir / 'threshold_curve.csv'}", flush=True)
+    choice, path = calibrate_from_result(cfg, result)
+    print(f"\n[calibrate] {describe_choice(choice)}\n[calibrate] wrote {path}\n"
+          f"[calibrate] curve: {result.out_dir / 'threshold_curve.png'}, {result.out_dir / 'threshold_curve.csv'}",
+          flush=True)
     return 0
 
 

@@ -109,3 +109,31 @@ def write_choice(model_path: str | Path, choice: dict[str, Any], chosen_on: dict
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return write_postprocess(model_path, {**choice, "chosen_on": chosen_on, "model_fingerprint": fingerprint,
                                           "created": created})
+
+
+def calibrate_from_result(cfg, result) -> tuple[dict[str, Any], Path]:
+    """Choose by ``cfg.eval.calibrate_metric`` on an evaluation of the calibration set (its curve) and write the
+    model's ``postprocess.json``; return (the choice with ``chosen_on``, the file written).
+
+    Args:
+        cfg: the config the evaluation ran with (``model.path`` receives the file).
+        result: its :class:`~sa2va_ray.evaluate.pipeline.EvalResult` (``curve`` must be set).
+    """
+    if result.curve is None:
+        raise ValueError(f"no sample was scored, nothing to calibrate on; see {result.out_dir / 'samples.csv'}")
+    s = result.summary
+    choice = choose_threshold(result.curve, cfg.eval.calibrate_metric)
+    split = "val_annotations" if cfg.data.val_annotations else (
+        f"validation patients (val_fraction {cfg.data.val_fraction}, split_seed {cfg.data.split_seed})")
+    choice["chosen_on"] = {"annotations": s["annotations"], "split": split, "n_samples": s["n_ok"],
+                           "n_patients": s.get("n_patients_ok"), "samples_sha": s["threshold"]["samples_sha"]}
+    path = write_choice(cfg.model.path, {k: v for k, v in choice.items() if k != "chosen_on"}, choice["chosen_on"],
+                        str(s["model_fingerprint"]))
+    return choice, path
+
+
+def describe_choice(choice: dict[str, Any]) -> str:
+    """One line: the chosen threshold, by what, on what, and the gain over 0.5."""
+    m, on = choice["metric"], choice["chosen_on"]
+    return (f"threshold {choice['threshold']:.2f} by {m} on {on['split']} ({on['n_samples']} samples, "
+            f"{on['n_patients']} patients): {m} {choice['value']:.4f} against {choice['value_at_default']:.4f} at 0.50")
