@@ -6,9 +6,13 @@ BCE is the mean over every pixel (or point) of every mask; Dice is ``1 - (2|P∩
 mask, averaged over masks. Targets may be soft (area-resized coverage in [0, 1]).
 
 Soft clDice (Shit et al., CVPR 2021) needs whole 2-D maps (its skeleton is iterated min/max pooling), so it is always
-computed on the full low-res logits and targets, never on sampled points. It is written here rather than taken from
-MONAI: MONAI's ``SoftclDiceLoss`` drops channel 0 as background (a single-channel mask gives a loss of 0) and pools
-its sums over the whole batch; here every mask has its own clDice and the loss is their mean, like the Dice loss.
+computed on the full low-res logits and targets, never on sampled points. Its targets are binary occupancy
+(coverage > 0): clDice assumes binary labels (with coverage kept soft, a centreline inside a vessel only a third of a
+low-res pixel wide earns a third of the credit, and on the tiny demo model the prediction collapsed to nothing), and
+thresholding at 0.5 instead would cut such vessels into pieces, the opposite of what the loss is for.
+It is written here rather than taken from MONAI: MONAI's ``SoftclDiceLoss`` drops channel 0 as background (a
+single-channel mask gives a loss of 0) and pools its sums over the whole batch; here every mask has its own clDice
+and the loss is their mean, like the Dice loss.
 """
 
 from __future__ import annotations
@@ -123,12 +127,15 @@ def compute_cldice(
 ) -> torch.Tensor:
     """Mean soft clDice loss over masks: ``1 - 2 Tprec Tsens / (Tprec + Tsens)`` per mask, with
     ``Tprec = (|S(P) G| + smooth) / (|S(P)| + smooth)`` and ``Tsens = (|S(G) P| + smooth) / (|S(G)| + smooth)``,
-    S the soft skeleton. For near-binary maps of thin structures it approaches ``1 - clDice`` of
-    :func:`sa2va_ray.evaluate.metrics.cldice`.
+    S the soft skeleton, G the targets' occupancy (coverage > 0). For near-binary maps of thin structures it
+    approaches ``1 - clDice`` of :func:`sa2va_ray.evaluate.metrics.cldice`.
+
+    A featureless map has an empty soft skeleton, so its Tprec is 1 by the smoothing: the loss alone is lowest for a
+    uniformly high prediction. Like the paper (which mixes it with soft Dice), use it beside the mask losses.
 
     Args:
         logits: (N, h, w) mask logits (the full low-res maps, not sampled points).
-        targets: (N, h, w) targets in [0, 1] (soft coverage allowed).
+        targets: (N, h, w) targets in [0, 1] (soft coverage: binarised as coverage > 0).
         iterations: soft-skeleton erosions (see :func:`soft_skeleton`).
         smooth: added to numerators and denominators (an empty skeleton gives a ratio of 1, never NaN).
 
@@ -140,7 +147,7 @@ def compute_cldice(
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     probs = logits.float().sigmoid()[:, None]  # (N, 1, h, w)
-    tgt = targets.float()[:, None]  # (N, 1, h, w)
+    tgt = (targets > 0).float()[:, None]  # (N, 1, h, w) occupancy
     skel_p = soft_skeleton(probs, iterations).flatten(1)  # (N, h*w)
     skel_g = soft_skeleton(tgt, iterations).flatten(1)  # (N, h*w)
     probs, tgt = probs.flatten(1), tgt.flatten(1)

@@ -106,3 +106,11 @@ def test_config_carries_the_weight_to_the_model(tmp_path):
     assert load_config("configs/demo.yaml").loss.cldice_weight == 0.0
     with pytest.raises(ConfigError, match=">= 0"):
         load_config("configs/demo.yaml", ["loss.cldice_weight=-1"])
+
+
+def test_soft_coverage_targets_count_as_occupied():
+    line_mask = np.zeros((1, 32, 32), dtype=bool)
+    line_mask[0, 10, 3:29] = True
+    coverage = torch.tensor(line_mask * 0.3, dtype=torch.float32)  # a vessel a third of a low-res pixel wide
+    assert float(compute_cldice(_logits(line_mask[0]), coverage)) < 1e-3
+    assert float(compute_cldice(_logits(line_mask[0]), torch.tensor(line_mask, dtype=torch.float32))) < 1e-3
