@@ -387,6 +387,9 @@ class EvalSection:
     """jobs/calibrate.py: the threshold maximising this mean metric (dice, iou, cldice, precision, recall)."""
     tta: str = "none"
     """Test-time augmentation: ``none`` or ``flip`` (mean probability of the image and its horizontal flip)."""
+    save_masks: str = "none"
+    """``none`` | ``png`` (``eval/masks/<image stem>.png``, the image's own size) | ``coco``
+    (``eval/coco_results.json``, RLE, beside ``eval/coco_gt.json``: score it with pycocotools' COCOeval)."""
     save_probs: bool = False
     """Write each sample's probability map (float16, compressed ``probs/*.npz``, indexed in ``probs/index.csv``)."""
 
@@ -402,6 +405,8 @@ class EvalSection:
         if self.calibrate_metric not in {"dice", "iou", "cldice", "precision", "recall"}:
             raise ConfigError(f"eval.calibrate_metric must be dice, iou, cldice, precision or recall, "
                               f"got {self.calibrate_metric!r}")
+        if self.save_masks not in {"none", "png", "coco"}:
+            raise ConfigError(f"eval.save_masks must be none, png or coco, got {self.save_masks!r}")
         if self.tta not in {"none", "flip"}:
             raise ConfigError(f"eval.tta must be none or flip, got {self.tta!r}")
         if self.mode not in {"teacher_forced", "generate", "sequence"}:
@@ -494,6 +499,22 @@ class ExportSection:
 
 
 @dataclass
+class PredictSection:
+    """``jobs/predict.py``: masks for a folder of unlabeled images (or one run of it) and one text."""
+
+    images: str = ""
+    """Folder of the images (read only there; symlinks leading out are refused like in the data)."""
+    text: str = ""
+    """The referring text, e.g. ``blood vessel``."""
+    glob: str = "*"
+    """Which files of the folder (non-recursive); only image files are taken."""
+    run: str = ""
+    """Only the frames of this run (``data.run_regex``'s rule), in frame order; empty: every image."""
+    out: str = ""
+    """Output directory; empty: output_dir/predict."""
+
+
+@dataclass
 class Config:
     """Root of every job's configuration."""
 
@@ -525,6 +546,8 @@ class Config:
     """The ``compare:`` section."""
     export: ExportSection = field(default_factory=ExportSection)
     """The ``export:`` section."""
+    predict: PredictSection = field(default_factory=PredictSection)
+    """The ``predict:`` section."""
 
     @property
     def name(self) -> str:
@@ -549,6 +572,7 @@ class Config:
             m.sam2_config = fix(m.sam2_config)
         self.compare.a, self.compare.b = fix(self.compare.a), fix(self.compare.b)
         self.export.checkpoint, self.export.out = fix(self.export.checkpoint), fix(self.export.out)
+        self.predict.images, self.predict.out = fix(self.predict.images), fix(self.predict.out)
         return self
 
     @property

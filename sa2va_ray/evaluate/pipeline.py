@@ -33,6 +33,7 @@ import pandas as pd
 from sa2va_ray.config import Config, config_to_dict
 from sa2va_ray.evaluate.calibration import resolve_threshold, samples_sha
 from sa2va_ray.evaluate.inputs import EvalInputs, absolute_path, check_model_path, collect_eval_inputs
+from sa2va_ray.evaluate.mask_outputs import MaskWriter
 from sa2va_ray.evaluate.overlays import OverlaySelector, record_loader, write_overlays
 from sa2va_ray.evaluate.predictor import Sa2VAPredictor
 from sa2va_ray.evaluate.report import (
@@ -94,7 +95,8 @@ def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
 
 
 def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector | None = None,
-                      threshold: float | None = None, probs_dir: Path | None = None) -> pd.DataFrame:
+                      threshold: float | None = None, probs_dir: Path | None = None,
+                      mask_writer: MaskWriter | None = None, ground_truth: bool = True) -> pd.DataFrame:
     """Run the Ray Data pipeline over ``inputs.samples``; return one scalar row per record-text.
 
     Args:
@@ -103,6 +105,8 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         selector: receives every output batch (keeps the masks wanted for overlays).
         threshold: the mask threshold (None: the model's own, see :mod:`~sa2va_ray.evaluate.calibration`).
         probs_dir: write probability maps there (``eval.save_probs``; a path every node can write).
+        mask_writer: receives every output batch with its masks (``eval.save_masks``).
+        ground_truth: False when the samples have no labels (``jobs/predict.py``): masks only, no metrics.
     """
     import ray
 
@@ -126,8 +130,9 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         "mode": cfg.eval.mode,
         "vessel_metrics": cfg.eval.vessel_metrics,
         "use_gpu": cfg.scaling.use_gpu,
-        "keep_masks": selector is not None and cfg.eval.num_overlays > 0,
+        "keep_masks": (selector is not None and cfg.eval.num_overlays > 0) or mask_writer is not None,
         "threshold": threshold,
+        "ground_truth": ground_truth,
     }
     if cfg.eval.mode == "sequence":  # one (run, text) per task: a run's SAM2 memory stays in one actor
         from sa2va_ray.evaluate.sequence import chunk_items  # long runs: chunks with overlap, one row per frame
@@ -163,14 +168,16 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
         if selector is not None:
             selector.update(batch)
+        if mask_writer is not None:
+            mask_writer.update(batch)
         frames.append(batch.drop(columns=[PACKED_COLUMN], errors="ignore"))
         done += len(batch)
         errors += int((batch["status"] != "ok").sum())
         now = time.perf_counter() - t0
         if now - last > 5.0 or done == n_rows:
             last = now
-            dice = pd.concat(frames)["dice"].mean()
-            print(f"[eval] {done}/{n_rows} samples, {errors} failed, mean dice so far {dice:.4f}, "
+            dice = f"mean dice so far {pd.concat(frames)['dice'].mean():.4f}, " if ground_truth else ""
+            print(f"[eval] {done}/{n_rows} samples, {errors} failed, {dice}"
                   f"{done / max(now, 1e-9):.1f} samples/s", flush=True)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return _reconcile(table, inputs)
@@ -258,7 +265,14 @@ def _evaluate_into(cfg: Config, out: Path) -> EvalResult:
     probs_dir = out / "probs" if cfg.eval.save_probs else None
     if probs_dir is not None:
         probs_dir.mkdir()
-    predicted = run_eval_pipeline(cfg, inputs, selector, threshold=use.value, probs_dir=probs_dir)
+    writer = MaskWriter(out, cfg.eval.save_masks, inputs.display_name, inputs.samples) \
+        if cfg.eval.save_masks != "none" else None
+    predicted = run_eval_pipeline(cfg, inputs, selector, threshold=use.value, probs_dir=probs_dir, mask_writer=writer)
+    if writer is not None:
+        ok = predicted[predicted["status"] == "ok"] if len(predicted) else predicted
+        sizes = {int(r.record_index): (int(r.height), int(r.width)) for r in ok.itertuples()}
+        for path in writer.finish(sizes):
+            print(f"[eval] masks: {path} ({writer.written} written)", flush=True)
     curves = sample_curves(predicted)
     predicted = predicted.drop(columns=[c for c in CURVE_COLUMNS if c in predicted.columns])
     table = finish_table([predicted, pd.DataFrame(inputs.failed_rows)], inputs.patient_of, inputs.pseudonymiser)

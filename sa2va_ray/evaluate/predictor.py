@@ -100,6 +100,7 @@ class Sa2VAPredictor:
         probs_dir: write each sample's probability map there as ``<name>.npz`` (float16, compressed; key ``prob``),
             ``name`` a keyed hash of the sample id (never a patient name), recorded in the ``prob_file`` column.
         probs_key: the key of that hash (one per evaluation, never written down).
+        ground_truth: False for prediction without labels (``jobs/predict.py``): no metrics, no curves.
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class Sa2VAPredictor:
         threshold: float | None = None,
         tta: str = "none",
         curves: bool = True,
+        ground_truth: bool = True,
         probs_dir: str | None = None,
         probs_key: str = "",
     ):
@@ -132,7 +134,7 @@ class Sa2VAPredictor:
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         self.threshold = model_threshold(self.model) if threshold is None else float(threshold)
-        self.tta, self.curves = tta, curves
+        self.tta, self.curves, self.ground_truth = tta, curves and ground_truth, ground_truth
         self.probs_dir, self.probs_key = (Path(probs_dir) if probs_dir else None), probs_key.encode()
         log.info("predictor ready in %.1fs (model %s)", time.perf_counter() - t0, self.fingerprint[:12])
 
@@ -179,13 +181,18 @@ class Sa2VAPredictor:
         if pred.shape != gt.shape:
             mark_error(row, "predict_error", f"prediction shape {pred.shape} != ground truth shape {gt.shape}")
             return
-        m = compute_sample_metrics(pred[None], gt[None], vessel=self.vessel)  # each (1,)
-        row.update({k: float(v[0]) for k, v in m.items() if k in METRIC_COLUMNS})
+        if self.ground_truth:
+            m = compute_sample_metrics(pred[None], gt[None], vessel=self.vessel)  # each (1,)
+            row.update({k: float(v[0]) for k, v in m.items() if k in METRIC_COLUMNS})
+        else:  # jobs/predict.py: no ground truth, so no metrics; the mask's size only
+            row["pred_area"] = float(pred.sum())
         row["pred_hash"] = hash_mask(pred)
         row["threshold"] = self.threshold
+        if prob is not None:  # a confidence for ranked outputs (COCO results): mean probability inside the mask
+            row["score"] = float(prob[pred].mean()) if pred.any() else 0.0
         if self.keep_masks:
             row[PACKED_COLUMN] = pack_mask(pred)
-        if prob is not None and self.curves:
+        if prob is not None and self.curves and self.ground_truth:
             c = sample_curve(prob, gt, with_cldice=self.vessel)
             row.update(curve_tp=c["tp"].tolist(), curve_pred=c["pred"].tolist(),
                        curve_cldice=[] if c["cldice"] is None else c["cldice"].tolist())

@@ -265,7 +265,7 @@ def test_calibrate_on_validation_then_evaluate_a_held_out_set(setup, ray_cluster
     (model / "postprocess.json").write_text(json.dumps(pp))
 
     rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out / 'test'}", "eval.save_probs=true",
-                                     f"data.val_annotations={root / 'test.json'}", *base])
+                                     "eval.save_masks=png", f"data.val_annotations={root / 'test.json'}", *base])
     assert rc == 0
     s = json.loads((out / "test" / "eval" / "summary.json").read_text())
     t = s["threshold"]
@@ -280,9 +280,21 @@ def test_calibrate_on_validation_then_evaluate_a_held_out_set(setup, ray_cluster
     for name in index["prob_file"]:
         prob = np.load(out / "test" / "eval" / "probs" / name)["prob"]
         assert prob.dtype == np.float16 and prob.shape == (64, 64)
+    pngs = sorted((out / "test" / "eval" / "masks").glob("*.png"))  # named by the pseudonymised image name
+    assert len(pngs) == 2 and not any(PATIENT_ID.search(p.name) for p in pngs)
+    by_image = rows.set_index("image")
+    for p in pngs:
+        mask = np.asarray(Image.open(p)) > 0
+        row = by_image.loc[p.stem + ".jpg"]
+        assert mask.shape == (64, 64) and mask.sum() == row["pred_area"]
 
-    rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out / 'val'}",
+    rc = _load_job("evaluate").main(["--config", str(CONFIG), f"output_dir={out / 'val'}", "eval.save_masks=coco",
                                      f"data.val_annotations={root / 'val.json'}", *base])
     s = json.loads((out / "val" / "eval" / "summary.json").read_text())
     assert rc == 0 and (s["threshold"]["value"], s["threshold"]["calibrated"]) == (0.5, 0.3)
     assert "this same set" in (out / "val" / "eval" / "summary.md").read_text()
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(out / "val" / "eval" / "coco_gt.json"))
+    dt = gt.loadRes(str(out / "val" / "eval" / "coco_results.json"))
+    assert len(dt.getAnnIds()) == 4 and len(gt.getImgIds()) == 4
