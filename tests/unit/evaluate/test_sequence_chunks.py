@@ -159,3 +159,14 @@ def test_bad_runs_give_precise_rows_never_a_crash(model, bad_runs):
     runs = run_table(rows.assign(patient="p"))
     assert {stem, f"{stem}@48x48", dup} <= set(runs["run_id"])
     assert runs.set_index("run_id").loc[stem, "frames"] == 4
+
+
+def test_chunk_settings_are_checked_in_the_config():
+    from sa2va_ray.config import ConfigError, EvalSection
+
+    assert (EvalSection().sequence_chunk, EvalSection().sequence_overlap, EvalSection().sequence_offload) == (
+        64, 4, False)
+    EvalSection(sequence_chunk=0, sequence_overlap=8)  # never split: the overlap does not matter
+    for chunk, overlap in ((8, 8), (-1, 0), (8, -1)):
+        with pytest.raises(ConfigError, match="sequence_overlap"):
+            EvalSection(sequence_chunk=chunk, sequence_overlap=overlap)
