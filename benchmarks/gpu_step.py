@@ -144,11 +144,8 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
 
 
-def measure_per_rank(cfg: Config, steps: int, warmup: int, eval_repeats: int, new_tokens: int) -> dict | None:
-    """Train ``steps`` steps with the config's DeepSpeed setup, then (rank 0) evaluate on one device.
-
-    Returns the measurements on rank 0 (None elsewhere).
-    """
+def measure_train_per_rank(cfg: Config, steps: int, warmup: int) -> dict | None:
+    """Train ``steps`` steps with the config's DeepSpeed setup; the measurements on rank 0 (None elsewhere)."""
     from sa2va_ray.train.console import quiet_known_warnings, select_deepspeed_accelerator
 
     select_deepspeed_accelerator(cfg.scaling.use_gpu)
@@ -160,11 +157,11 @@ def measure_per_rank(cfg: Config, steps: int, warmup: int, eval_repeats: int, ne
     from sa2va_ray.train.deepspeed_config import build_deepspeed_config
 
     gpu = cfg.scaling.use_gpu
-    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if gpu else "cpu")
     if gpu:
         torch.cuda.set_device(device)
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
     base_rss = _rss_bytes("VmRSS")
     model = build_model(cfg, device, dtype)
@@ -202,21 +199,21 @@ def measure_per_rank(cfg: Config, steps: int, warmup: int, eval_repeats: int, ne
     step_s = float(np.median(np.diff(ends[warmup - 1:]))) if warmup >= 1 else float(np.median(np.diff(ends)))
     del engine, model, params, out, batch
     gc.collect()
-    if gpu:
-        torch.cuda.empty_cache()
-    result = None
-    if rank == 0:
-        result = {"world": world, "tiles": tiles, "seq_len": seq_len, "peak_reserved": float(peak[0]),
-                  "peak_allocated": float(peak[1]), "step_s": step_s,
-                  **measure_eval(cfg, device, dtype, eval_repeats, new_tokens)}
     dist.barrier()
-    return result
+    if rank != 0:
+        return None
+    return {"world": world, "tiles": tiles, "seq_len": seq_len, "peak_reserved": float(peak[0]),
+            "peak_allocated": float(peak[1]), "step_s": step_s}
 
 
-def measure_eval(cfg: Config, device, dtype, repeats: int, new_tokens: int) -> dict:
-    """Seconds per image of batched teacher-forced prediction and of greedy generation, on one device."""
+def measure_eval(cfg: Config, repeats: int, new_tokens: int) -> dict:
+    """Seconds per image of batched teacher-forced prediction and of greedy generation, on one device (the first GPU,
+    bf16, as a Ray Data predictor actor runs; CPU for the tiny run), in a process of its own on a GPU."""
     import torch
 
+    gpu = cfg.scaling.use_gpu
+    device = torch.device("cuda:0" if gpu else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
     model = build_model(cfg, device, dtype, train=False)
     samples = synthetic_samples(cfg, model.config.tile_size, cfg.eval.batch_size)
     images, texts = [s["image"] for s in samples], [s["texts"][0] for s in samples]
@@ -292,16 +289,18 @@ def run_config(path: Path, args, extra: list[str]) -> tuple[dict, dict, Config]:
     (job / "config.json").write_text(json.dumps(config_to_dict(cfg)))
     flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-repeats", str(args.eval_repeats),
              "--new-tokens", str(args.new_tokens)]
-    if cfg.scaling.num_workers == 1:
+    if not cfg.scaling.use_gpu:  # the tiny CPU run: one rank, in this process
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"), RANK="0",
                           LOCAL_RANK="0", WORLD_SIZE="1")
         # One process group of one rank serves every config of the run (DeepSpeed caches its groups).
-        measured = measure_per_rank(cfg, args.steps, args.warmup, args.eval_repeats, args.new_tokens)
-    else:
+        measured = measure_train_per_rank(cfg, args.steps, args.warmup)
+        measured.update(measure_eval(cfg, args.eval_repeats, args.new_tokens))
+    else:  # every rank a process (torchrun), then evaluation in a fresh process: no training state left on the GPU
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(cfg.scaling.num_workers), __file__, "--rank-job", str(job), *flags]
         subprocess.run(cmd, check=True, cwd=REPO)
-        measured = json.loads((job / "result.json").read_text())
+        subprocess.run([sys.executable, __file__, "--eval-job", str(job), *flags], check=True, cwd=REPO)
+        measured = {**json.loads((job / "result.json").read_text()), **json.loads((job / "eval.json").read_text())}
     predicted = planner_predictions(cfg, args.tflops, args.mfu, args.mem_gbs, args.new_tokens)
     return measured, predicted, cfg
 
@@ -347,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mfu", type=float, default=None, help="model-FLOPs utilisation (default: the planner's)")
     ap.add_argument("--mem-gbs", type=float, default=RTX3090_MEM_GBS, help="GPU memory bandwidth, GB/s")
     ap.add_argument("--rank-job", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--eval-job", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     from sa2va_ray.plan.step_time import DEFAULT_MFU, RTX3090_BF16_TFLOPS
 
@@ -356,9 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("need 0 <= --warmup < --steps")
     if args.rank_job is not None:  # one rank under torchrun
         cfg = config_from_dict(json.loads((args.rank_job / "config.json").read_text()))
-        result = measure_per_rank(cfg, args.steps, args.warmup, args.eval_repeats, args.new_tokens)
+        result = measure_train_per_rank(cfg, args.steps, args.warmup)
         if result is not None:
             (args.rank_job / "result.json").write_text(json.dumps(result))
+        return 0
+    if args.eval_job is not None:  # the evaluation process
+        cfg = config_from_dict(json.loads((args.eval_job / "config.json").read_text()))
+        (args.eval_job / "eval.json").write_text(json.dumps(measure_eval(cfg, args.eval_repeats, args.new_tokens)))
         return 0
     paths = [Path(p) for p in args.configs] if args.configs else sorted((REPO / "configs").glob("*.yaml"))
     extra = list(TINY_OVERRIDES) if args.tiny else []
