@@ -120,9 +120,10 @@ def require_training_splits(cfg: Config, splits: Splits, need_val: bool = False)
                                   "on them): set data.val_annotations or data.val_fraction > 0")
 
 
-def start_pseudonymising(cfg: Config, regex: str) -> Pseudonymiser | None:
+def start_pseudonymising(cfg: Config, regex: str, names: list[str] | None = None) -> Pseudonymiser | None:
     """With ``data.pseudonymise``: the run's :class:`Pseudonymiser` (salt from ``data.salt_file`` or ``$SA2VA_SALT``,
-    every image name of the annotation files known), also applied to every log record of this process from now on.
+    every image name of the annotation files known, or ``names`` when given: an unlabeled folder's files), also
+    applied to every log record of this process from now on.
 
     Raises:
         ConfigError: no usable salt (one line).
@@ -131,7 +132,8 @@ def start_pseudonymising(cfg: Config, regex: str) -> Pseudonymiser | None:
     if not d.pseudonymise:
         install_log_pseudonymiser(None)
         return None
-    names = [n for f in (d.annotations, d.val_annotations) if f for n in image_names(f)]
+    if names is None:
+        names = [n for f in (d.annotations, d.val_annotations) if f for n in image_names(f)]
     pz = Pseudonymiser(load_salt(d.salt_file), regex, names)
     install_log_pseudonymiser(pz.text)
     return pz
