@@ -126,12 +126,16 @@ def compute_cldice(
     logits: torch.Tensor, targets: torch.Tensor, iterations: int = 3, smooth: float = 1.0
 ) -> torch.Tensor:
     """Mean soft clDice loss over masks: ``1 - 2 Tprec Tsens / (Tprec + Tsens)`` per mask, with
-    ``Tprec = (|S(P) G| + smooth) / (|S(P)| + smooth)`` and ``Tsens = (|S(G) P| + smooth) / (|S(G)| + smooth)``,
-    S the soft skeleton, G the targets' occupancy (coverage > 0). For near-binary maps of thin structures it
-    approaches ``1 - clDice`` of :func:`sa2va_ray.evaluate.metrics.cldice`.
+    ``Tprec = (|S(P) G| + smooth * prec) / (|S(P)| + smooth)`` and ``Tsens = (|S(G) P| + smooth * rec) / (|S(G)| +
+    smooth)``, S the soft skeleton, G the targets' occupancy (coverage > 0), prec and rec the smoothed soft
+    precision ``(|P G| + smooth) / (|P| + smooth)`` and recall ``(|P G| + smooth) / (|G| + smooth)``. For near-binary
+    maps of thin structures it approaches ``1 - clDice`` of :func:`sa2va_ray.evaluate.metrics.cldice`.
 
-    A featureless map has an empty soft skeleton, so its Tprec is 1 by the smoothing: the loss alone is lowest for a
-    uniformly high prediction. Like the paper (which mixes it with soft Dice), use it beside the mask losses.
+    One change to Shit et al.'s smoothing: their pseudo-count carries a ratio of 1, so a featureless map (whose soft
+    skeleton is empty) gets Tprec = 1 and the loss is lowest for a uniformly high prediction; on the tiny demo model
+    it held every pixel near 0.5 and the masks never formed (``benchmarks/topology_losses.py``). Here the
+    pseudo-count carries the mask's own precision (recall), as :func:`sa2va_ray.evaluate.metrics.cldice` lets the mask
+    stand in for a skeleton that vanished: a flat map now scores about as badly as an empty one. Both empty: 0.
 
     Args:
         logits: (N, h, w) mask logits (the full low-res maps, not sampled points).
@@ -151,8 +155,11 @@ def compute_cldice(
     skel_p = soft_skeleton(probs, iterations).flatten(1)  # (N, h*w)
     skel_g = soft_skeleton(tgt, iterations).flatten(1)  # (N, h*w)
     probs, tgt = probs.flatten(1), tgt.flatten(1)
-    tprec = ((skel_p * tgt).sum(1) + smooth) / (skel_p.sum(1) + smooth)  # (N,)
-    tsens = ((skel_g * probs).sum(1) + smooth) / (skel_g.sum(1) + smooth)  # (N,)
+    overlap = (probs * tgt).sum(1)  # (N,)
+    prec = (overlap + smooth) / (probs.sum(1) + smooth)  # (N,) the pseudo-count's ratios
+    rec = (overlap + smooth) / (tgt.sum(1) + smooth)  # (N,)
+    tprec = ((skel_p * tgt).sum(1) + smooth * prec) / (skel_p.sum(1) + smooth)  # (N,)
+    tsens = ((skel_g * probs).sum(1) + smooth * rec) / (skel_g.sum(1) + smooth)  # (N,)
     return (1.0 - 2.0 * tprec * tsens / (tprec + tsens)).mean()
 
 

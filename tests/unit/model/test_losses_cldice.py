@@ -51,6 +51,19 @@ def test_soft_skeleton_of_a_thin_line_is_the_line():
     np.testing.assert_allclose(skel.numpy(), mask, atol=1e-6)
 
 
+def test_a_featureless_map_is_no_shortcut():
+    """Shit et al.'s smoothing gives a flat map (empty soft skeleton) Tprec = 1: a uniform 0.9 would beat a perfect
+    thin prediction's neighbours. Here it scores about as badly as predicting nothing."""
+    gt = torch.tensor(np.stack([_tree(np.random.default_rng(s), size=32) for s in range(3)]), dtype=torch.float32)
+    perfect = float(compute_cldice(_logits(gt.numpy() > 0)[0], gt))
+    blurred = torch.nn.functional.avg_pool2d(gt[:, None], 3, 1, 1)[:, 0].clamp(1e-4, 1 - 1e-4)
+    near = float(compute_cldice(torch.logit(blurred), gt))
+    flat_logits = [float(torch.logit(torch.tensor(c))) for c in (0.05, 0.5, 0.9)]
+    flats = [float(compute_cldice(torch.full_like(gt, v), gt)) for v in flat_logits]
+    empty = float(compute_cldice(torch.full_like(gt, -12.0), gt))
+    assert perfect < 1e-3 < near < 0.5 < min(flats) and empty > 0.9
+
+
 def test_perfect_and_empty_predictions():
     gt = torch.tensor(_tree(np.random.default_rng(0)), dtype=torch.float32)[None]
     assert float(compute_cldice(_logits(gt[0].numpy() > 0), gt)) < 1e-3
@@ -87,7 +100,7 @@ def test_weight_zero_leaves_the_total_loss_bit_identical(vessel_samples):
     assert torch.equal(again.loss, before.loss) and again.loss_cldice is None
     model.set_loss_weights(cldice_weight=0.7)
     weighted = model(**batch)
-    assert weighted.loss_cldice is not None and 0.0 < float(weighted.loss_cldice) <= 1.0
+    assert weighted.loss_cldice is not None and 0.0 < float(weighted.loss_cldice.detach()) <= 1.0
     expected = before.loss + 0.7 * weighted.loss_cldice
     assert torch.allclose(weighted.loss, expected)
     weighted.loss.backward()
