@@ -14,6 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.initialization import no_init_weights
 
+from sa2va_ray.model.safetensors_header import check_safetensors
+
 
 class LayoutError(ValueError):
     """A model directory that cannot be read as the layout it claims; the message names the file and the key."""
@@ -69,8 +71,6 @@ def _weight_files(directory: Path) -> list[str]:
 
 def _read_header(path: Path) -> dict[str, TensorEntry]:
     """Tensor names, shapes and dtypes of one safetensors file (its integrity checked: `check_safetensors`)."""
-    from sa2va_ray.checkpoint.integrity import check_safetensors
-
     header = check_safetensors(path)
     return {k: TensorEntry(path, tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"}
 

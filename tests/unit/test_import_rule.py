@@ -1,8 +1,10 @@
 """The import rule of STYLE.md, enforced: ``model/``, the data transforms and ``evaluate/metrics`` never import ``ray``
-or ``deepspeed``, and the data tools start without torch or transformers (issue 14)."""
+or ``deepspeed``, the data tools start without torch or transformers, and the packages of ``sa2va_ray`` import each
+other in one direction only (issue 14)."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -13,6 +15,9 @@ import sa2va_ray
 
 PACKAGE = Path(sa2va_ray.__file__).parent
 RAY_DATA_SOURCES = {"sa2va_ray.data.ray_source"}  # the one data module that is Ray's by design
+PACKAGE_CYCLES_ALLOWED: dict[frozenset[str], str] = {}
+"""Pairs of packages allowed to import each other, each with its reason. Empty: model/ <-> checkpoint/ was the last
+(the safetensors header reader is now the leaf ``model/safetensors_header.py``, re-exported by checkpoint.integrity)."""
 
 UNIMPORTABLE = textwrap.dedent(
     """
@@ -87,3 +92,60 @@ def test_data_tools_import_neither_torch_nor_transformers():
         """
     )
     assert _run(code).stdout.strip() == "[]"
+
+
+def _package_imports() -> dict[str, dict[str, list[str]]]:
+    """package -> imported package -> the modules that import it; every import statement counts, lazy ones in
+    functions too (an import inside a function is still a dependency, only a later one)."""
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    graph: dict[str, dict[str, list[str]]] = {p: {} for p in packages}
+    for file in sorted(PACKAGE.rglob("*.py")):
+        parts = file.relative_to(PACKAGE).with_suffix("").parts
+        if parts[0] not in packages:
+            continue  # root modules (config, cli) are not packages
+        module = ".".join(("sa2va_ray", *parts))
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "sa2va_ray"]
+            else:
+                continue
+            for name in names:
+                target = name.split(".")[1] if name.startswith("sa2va_ray.") else ""
+                if target in packages and target != parts[0]:
+                    graph[parts[0]].setdefault(target, []).append(module)
+    return graph
+
+
+def test_no_two_packages_import_each_other():
+    graph = _package_imports()
+    assert {"model", "checkpoint", "data", "train"} <= graph.keys()
+    assert "model" in graph["checkpoint"]  # the scan sees imports (checkpoint.load builds models)
+    found = []
+    for a, targets in sorted(graph.items()):
+        for b in sorted(targets):
+            if a < b and a in graph[b] and frozenset((a, b)) not in PACKAGE_CYCLES_ALLOWED:
+                found.append(f"{a} <-> {b}: {sorted(set(targets[b]))} import {b}; {sorted(set(graph[b][a]))} "
+                             f"import {a}")
+    assert not found, "packages importing each other:\n" + "\n".join(found)
+
+
+def test_packages_form_no_longer_circle():
+    """No a -> b -> c -> a either: the packages are layered (allowed pairs aside)."""
+    allowed = PACKAGE_CYCLES_ALLOWED
+    graph = {a: {b for b in t if frozenset((a, b)) not in allowed} for a, t in _package_imports().items()}
+    done: set[str] = set()
+
+    def circle_from(path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt in path:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in done and (circle := circle_from([*path, nxt])):
+                return circle
+        done.add(path[-1])
+        return None
+
+    for start in sorted(graph):
+        circle = None if start in done else circle_from([start])
+        assert circle is None, "packages import each other in a circle: " + " -> ".join(circle)
