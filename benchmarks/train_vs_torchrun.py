@@ -16,7 +16,9 @@ Steady state only: the first `--warmup` steps (process start, DeepSpeed init, fi
 `train_log.csv` on the Ray side). Two estimates per side: the window's samples/s (all of it, stalls included) and
 global batch / the median step time (robust to other processes taking the cores for a while on a shared machine).
 torchrun runs once before and once after the Ray side and the ratios use their mean, so a slow patch of the machine
-does not fall on one side only.
+does not fall on one side only. A third measure does not depend on the machine's other load: CPU seconds per
+sample of each side's whole process tree over the same window (sampled from /proc every 0.2 s: ranks and DataLoader
+workers; or Ray's workers, raylet, GCS, dashboard and Ray Data's coordinator).
 
     python benchmarks/train_vs_torchrun.py [--steps 80 --warmup 10 --zero-stage 2]
 
@@ -34,6 +36,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +114,9 @@ def torchrun_per_rank(job: Path, loader_workers: int) -> None:
         micro += 1
         if micro % cfg.train.grad_accum == 0:
             times.append(time.perf_counter())
+            if rank == 0:  # the step counter the CPU monitor reads (what our progress log is on the Ray side)
+                with (job / "steps.txt").open("a") as f:
+                    f.write(f"{len(times)}\n")
             if len(times) >= cfg.train.max_steps:
                 break
     if rank == 0:
@@ -130,24 +136,107 @@ def steady_rates(ends: dict[int, float], cfg: Config, steps: int, warmup: int) -
     return window, per_step / float(np.median(durations))
 
 
-def run_torchrun(job: Path, cfg: Config, steps: int, warmup: int, loader_workers: int) -> tuple[float, float]:
-    """Launch `torchrun --nproc_per_node <workers>` on this file; steady-state rates (see `steady_rates`)."""
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, plus those of reaped children) of ``root`` and every live descendant."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        cpu[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+class TreeCpuMonitor:
+    """Samples (time, CPU seconds of a process tree, steps done) every ``period`` s in a background thread.
+
+    CPU seconds per sample are robust to other work on a shared machine, unlike wall time: they count what this
+    training costs (every process of it: ranks and DataLoader workers, or Ray's workers, raylet, GCS, dashboard and
+    Ray Data's coordinator) whoever else holds the cores meanwhile.
+    """
+
+    def __init__(self, root: int, steps_file: Path, lines_per_step_offset: int = 0, period: float = 0.2):
+        self.root, self.steps_file, self.offset, self.period = root, steps_file, lines_per_step_offset, period
+        self.samples: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            steps = max(0, _count_lines(self.steps_file) - self.offset)
+            self.samples.append((time.perf_counter(), _tree_cpu_seconds(self.root), steps))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> TreeCpuMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_seconds_per_sample(self, warmup: int, last: int, per_step: int) -> float:
+        """Between the first sample at >= ``warmup`` steps and the last one at <= ``last`` steps."""
+        inside = [s for s in self.samples if warmup <= s[2] <= last]
+        (_, cpu_a, n_a), (_, cpu_b, n_b) = inside[0], inside[-1]
+        if n_b - n_a < 5:
+            raise RuntimeError(f"the CPU monitor saw only {n_b - n_a} steady-state steps")
+        return (cpu_b - cpu_a) / ((n_b - n_a) * per_step)
+
+
+def _per_step(cfg: Config) -> int:
+    return cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.scaling.num_workers
+
+
+def run_torchrun(job: Path, cfg: Config, steps: int, warmup: int, loader_workers: int) -> tuple[float, float, float]:
+    """Launch `torchrun --nproc_per_node <workers>` on this file; steady-state rates (see `steady_rates`) and CPU
+    seconds per sample."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(cfg.scaling.num_workers), __file__, "--torchrun-rank-job", str(job),
            "--loader-workers", str(loader_workers)]
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    (job / "steps.txt").unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with TreeCpuMonitor(proc.pid, job / "steps.txt") as monitor:
+        _, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{err.decode()[-3000:]}")
     times = json.loads((job / "torchrun_times.json").read_text())["times"]
-    return steady_rates({i + 1: t for i, t in enumerate(times)}, cfg, steps, warmup)  # times[i]: end of step i+1
+    rates = steady_rates({i + 1: t for i, t in enumerate(times)}, cfg, steps, warmup)  # times[i]: end of step i+1
+    return (*rates, monitor.cpu_seconds_per_sample(warmup, steps - 1, _per_step(cfg)))
 
 
-def run_ours(cfg: Config, steps: int, warmup: int) -> tuple[float, float]:
-    """Our train job's driver (the `ray_train` of `train_overhead.py`); steady-state rates from its step log."""
+def run_ours(cfg: Config, steps: int, warmup: int) -> tuple[float, float, float]:
+    """Our train job's driver (the `ray_train` of `train_overhead.py`); steady-state rates from its step log and
+    CPU seconds per sample of this process's tree (the driver started the local Ray: all of Ray is below it)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_overhead import ray_train
 
-    ray_train(cfg, steps, warmup)
-    rows = csv.DictReader((Path(cfg.output_dir) / "train_log.csv").open())
-    return steady_rates({int(r["step"]): float(r["time_s"]) for r in rows}, cfg, steps, warmup)
+    log = Path(cfg.output_dir) / "train_log.csv"
+    with TreeCpuMonitor(os.getpid(), log, lines_per_step_offset=1) as monitor:  # the CSV header
+        ray_train(cfg, steps, warmup)
+    rows = csv.DictReader(log.open())
+    rates = steady_rates({int(r["step"]): float(r["time_s"]) for r in rows}, cfg, steps, warmup)
+    return (*rates, monitor.cpu_seconds_per_sample(warmup, steps - 1, _per_step(cfg)))
 
 
 def main() -> None:
@@ -176,8 +265,9 @@ def main() -> None:
     workers, mb = cfg.scaling.num_workers, cfg.train.micro_batch_size
     print(f"tiny Sa2VA, ZeRO-{args.zero_stage}, {workers} processes x micro-batch {mb} (global batch {workers * mb}),"
           f" {args.steps - args.warmup - 1} steady-state steps each", flush=True)
-    def show(label: str, rates: tuple[float, float]) -> None:
-        print(f"{label}: {rates[0]:.2f} samples/s (at the median step time: {rates[1]:.2f})", flush=True)
+    def show(label: str, rates: tuple[float, float, float]) -> None:
+        print(f"{label}: {rates[0]:.2f} samples/s (at the median step time: {rates[1]:.2f}; "
+              f"{1000 * rates[2]:.1f} CPU-ms per sample)", flush=True)
 
     before = run_torchrun(job, cfg, args.steps, args.warmup, args.loader_workers)
     threads = json.loads((job / "torchrun_times.json").read_text())["threads"]
@@ -190,6 +280,8 @@ def main() -> None:
     ray.shutdown()
     after = run_torchrun(job, cfg, args.steps, args.warmup, args.loader_workers)
     show("torchrun again after the Ray run", after)
+    print(f"ratio of CPU time per sample (torchrun over ours; 1.0: no overhead): "
+          f"{((before[2] + after[2]) / 2) / ours[2]:.2f}")
     print(f"ratio at the median step time: {ours[1] / ((before[1] + after[1]) / 2):.2f}")
     print(f"ratio: {ours[0] / ((before[0] + after[0]) / 2):.2f}")
 
