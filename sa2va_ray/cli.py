@@ -1,4 +1,11 @@
-"""Shared command-line plumbing for the jobs: ``--config FILE [dotted.key=value ...]`` and Ray start-up."""
+"""The one argument parser of every job and module CLI, their one-line errors, and Ray start-up.
+
+Jobs (``jobs/*.py``): :func:`parse_job_args` (``--config FILE [--strict] [dotted.key=value ...]``) and
+:func:`job_main`. Module CLIs (``python -m sa2va_ray.data.split`` ...): :func:`module_parser` (``--config``,
+``--strict``, ``-q/--quiet`` and flags whose defaults are config keys, :meth:`CliParser.add_config_argument`),
+:func:`parse_module_args` and :func:`module_main`. Both: a usage error, a bad value or a problem the user can fix is
+one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +19,72 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sa2va_ray.config import Config, ConfigError, load_config
+from sa2va_ray.config import Config, ConfigError, load_config, with_overrides
 
 log = logging.getLogger("sa2va_ray")
 
 
-def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+class CliParser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors, and flags that stand for config keys (:meth:`add_config_argument`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.config_keys: dict[str, str] = {}
+        """Argument dest -> the dotted config key it sets."""
+
+    def error(self, message: str):
+        """A usage error: one line naming the program (argparse's default also prints the whole usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def add_config_argument(self, *flags: str, key: str, help: str, **kwargs) -> argparse.Action:
+        """A flag for config key ``key``: given, it overrides the key (checked like a dotted override); not given,
+        the value is the key's from ``--config``, else the schema's default. The default is never restated here."""
+        default = _config_value(_schema_defaults(), key)
+        shown = "on" if default is True else "off" if default is False else repr(default)
+        action = self.add_argument(*flags, default=None, help=f"{help} (config {key}; default {shown})", **kwargs)
+        self.config_keys[action.dest] = key
+        return action
+
+
+@functools.cache
+def _schema_defaults() -> Config:
+    return Config()
+
+
+def _config_value(cfg: Config, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _apply_config_flags(parser: CliParser, args: argparse.Namespace, cfg: Config) -> Config:
+    """The config with the config flags given on the command line applied (each checked by the schema)."""
+    given = {key: getattr(args, dest) for dest, key in parser.config_keys.items() if getattr(args, dest) is not None}
+    return with_overrides(cfg, given) if given else cfg
+
+
+def parse_job_args(description: str, argv: list[str] | None = None,
+                   add_arguments: Callable[[CliParser], None] | None = None) -> tuple[Config, argparse.Namespace]:
     """Parse a job's command line into a validated :class:`Config`.
 
     Unknown keys and wrong types exit with status 2 and a one-line message before any work starts.
+
+    Args:
+        description: The job's one-line description (``--help``).
+        argv: Arguments (default: ``sys.argv[1:]``).
+        add_arguments: Adds the job's own flags to the parser; flags added with
+            :meth:`CliParser.add_config_argument` set their config key (e.g. ``--source`` -> ``export.source``).
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = CliParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
     parser.add_argument("--strict", action="store_true", help="any invalid record or failed sample is an error")
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides).resolve_paths()
+        cfg = _apply_config_flags(parser, args, load_config(args.config, args.overrides)).resolve_paths()
         check_writable(cfg.output_dir, "output_dir")
         if cfg.storage_path and "://" not in cfg.storage_path:
             check_writable(cfg.storage_path, "storage_path")
@@ -89,6 +145,109 @@ def job_main(fn: Callable[..., int]) -> Callable[..., int]:
                 LayoutError, PostprocessError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+
+    return main
+
+
+USER_ERRORS = {
+    "sa2va_ray.model.safetensors_header": ("IntegrityError",),
+    "sa2va_ray.checkpoint.safety": ("CheckpointReadError", "UnsafeCheckpointError"),
+    "sa2va_ray.data.annotations": ("AnnotationFileError",),
+    "sa2va_ray.data.convert.common": ("ConvertError",),
+    "sa2va_ray.model.checkpoint": ("LayoutError",),
+    "sa2va_ray.model.postprocess": ("PostprocessError",),
+    "sa2va_ray.train.resources": ("ResourceError",),
+}
+"""Errors a user fixes (a file, a key, a value), by module. :func:`module_main` looks them up only in modules already
+imported (an error of a module never imported cannot have been raised), so a data CLI never imports torch for them."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    loaded = [(sys.modules[m], names) for m, names in USER_ERRORS.items() if m in sys.modules]
+    return tuple(getattr(module, name) for module, names in loaded for name in names)
+
+
+def module_parser(prog: str, description: str, *, config: str = "", overrides: bool = False, strict: str = "",
+                  strict_key: str = "", **kwargs) -> CliParser:
+    """The parser of a module CLI (``python -m sa2va_ray...``) with the options every one of them shares.
+
+    Args:
+        prog: The command, e.g. ``"python -m sa2va_ray.data.split"``.
+        description: One line for ``--help``.
+        config: ``"optional"``: ``--config FILE`` gives the defaults of the config flags (without it, the schema's);
+            ``"required"``: the CLI works on a config; ``""``: no config.
+        overrides: Also take ``dotted.key=value`` overrides (positional, after the flags).
+        strict: Help of ``--strict`` (what is an error then); empty: no ``--strict``.
+        strict_key: The config key ``--strict`` sets (its default then comes from the config), e.g. ``data.strict``.
+        **kwargs: For :class:`argparse.ArgumentParser` (``epilog``, ``formatter_class``).
+
+    Returns:
+        A :class:`CliParser`; add the CLI's own flags, then call :func:`parse_module_args`.
+    """
+    parser = CliParser(prog=prog, description=description, **kwargs)
+    if config:
+        parser.add_argument("--config", required=config == "required", default=None,
+                            help="YAML config (see configs/)" + ("" if config == "required" else
+                                                                 ": the defaults of the flags marked 'config'"))
+    if strict and strict_key:
+        parser.add_config_argument("--strict", key=strict_key, action="store_true", help=strict)
+    elif strict:
+        parser.add_argument("--strict", action="store_true", help=strict)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only (the exit code tells the rest)")
+    if overrides:
+        parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.micro_batch_size=1")
+    return parser
+
+
+def parse_module_args(parser: CliParser, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config | None]:
+    """Parse a module CLI's command line; config flags not given take their key's value from the config.
+
+    Precedence: a flag, then a dotted override, then ``--config``'s file, then the schema's default. A bad value is
+    one ``config error:`` line and exit 2 (as in the jobs). Sets up warning-level logging (errors only with ``-q``).
+
+    Returns:
+        The arguments and the validated config (``None`` when the parser takes no config and has no config flags).
+    """
+    args = parser.parse_args(argv)
+    cfg = None
+    if "config" in args or parser.config_keys:
+        try:
+            cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", ()))
+            cfg = _apply_config_flags(parser, args, cfg)
+        except ConfigError as e:
+            parser.exit(2, f"config error: {e}\n")
+        for dest, key in parser.config_keys.items():
+            setattr(args, dest, _config_value(cfg, key))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # once per process
+    if args.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- module_main puts the real stdout back
+    return args, cfg
+
+
+def module_main(fn: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a module CLI's ``main``: as :func:`job_main`, a problem the user can fix (:data:`USER_ERRORS`) is one
+    line on stderr and exit code 2, not a traceback; other exceptions (bugs) keep theirs. Puts back the stdout that
+    ``-q`` silenced."""
+
+    @functools.wraps(fn)
+    def main(*args, **kwargs) -> int:
+        stdout, level = sys.stdout, logging.getLogger().level
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as e:
+            if not isinstance(e, _user_error_types()):
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        finally:  # what -q changed
+            logging.getLogger().setLevel(level)
+            if sys.stdout is not stdout:
+                sys.stdout.close()
+                sys.stdout = stdout
 
     return main
 
