@@ -22,8 +22,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sa2va_ray.data.split import DEFAULT_VAL_FRACTION
-
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
@@ -71,7 +69,7 @@ class DataSection:
     """Validation records; empty: split `annotations` by patient."""
     images_dir: str = ""
     """Directory holding the image files named in the annotations."""
-    val_fraction: float = DEFAULT_VAL_FRACTION
+    val_fraction: float = 0.25
     """Fraction of patients held out when splitting."""
     split_seed: int = 0
     """Seed of the patient-level split."""

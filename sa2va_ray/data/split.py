@@ -11,15 +11,15 @@ Groups are shuffled with the seed and added to validation until it holds about `
 
 Command line::
 
-    python -m sa2va_ray.data.split --annotations FILE --out DIR --val-fraction F --seed N [--group-regex R] \
-        [--run-regex R]
+    python -m sa2va_ray.data.split --annotations FILE --out DIR [--val-fraction F] [--seed N] [--group-regex R] \
+        [--run-regex R] [--config FILE] [--strict] [-q]
 
 writes ``DIR/train.json`` and ``DIR/val.json`` (records copied unchanged, original order) and prints the counts.
+Defaults are the config's ``data.*`` keys (from ``--config FILE``, else the schema's).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -30,14 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sa2va_ray.cli import CliParser, module_main, module_parser, parse_module_args
+from sa2va_ray.config import DataSection
 from sa2va_ray.data.annotations import AnnotationFileError, load_annotation_list
 from sa2va_ray.data.patients import DEFAULT_GROUP_REGEX, compile_group_regex, parse_group
 from sa2va_ray.data.runs import compile_run_regex, parse_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VAL_FRACTION = 0.25
-"""Target fraction of records in validation: the CLI's default and the config's (``data.val_fraction``)."""
+DEFAULT_VAL_FRACTION = DataSection.val_fraction
+"""The config's default ``data.val_fraction`` (stated there), under the name older code imports."""
+
+
 @dataclass
 class SplitResult:
     """Outcome of :func:`split_records`: records (unchanged, original order) and groups per split."""
@@ -169,22 +173,32 @@ def _join_groups_of_runs(
     return {g: sorted(idx) for g, idx in out.items()}, joined
 
 
+def build_parser() -> CliParser:
+    """The CLI's parser: its flags are ``data.*`` keys, their defaults the config's."""
+    ap = module_parser("python -m sa2va_ray.data.split", __doc__.split("\n")[0], config="optional",
+                       strict="exit 1 when a file name does not match the group regex", strict_key="data.strict")
+    ap.add_config_argument("--annotations", key="data.annotations", help="annotations.json to split")
+    ap.add_argument("--out", required=True, help="output directory for train.json and val.json")
+    ap.add_config_argument("--val-fraction", key="data.val_fraction", type=float,
+                           help="fraction of records in validation")
+    ap.add_config_argument("--seed", key="data.split_seed", type=int, help="seed of the split")
+    ap.add_config_argument("--group-regex", key="data.group_regex",
+                           help=f"regex with a named group 'id' (empty: {DEFAULT_GROUP_REGEX})")
+    ap.add_config_argument("--run-regex", key="data.run_regex", help="regex with named groups 'run' and 'frame' "
+                           "(runs are never cut; empty: the run is the name before '_frame_')")
+    return ap
+
+
+@module_main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.split", description=__doc__.split("\n")[0])
-    ap.add_argument("--annotations", required=True, help="annotations.json to split")
-    ap.add_argument("--out", required=True, help="output directory for train.json and val.json")
-    ap.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                    help=f"fraction of records in validation (default {DEFAULT_VAL_FRACTION}, as data.val_fraction)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--group-regex", default=DEFAULT_GROUP_REGEX, help="regex with a named group 'id'")
-    ap.add_argument("--run-regex", default="", help="regex with named groups 'run' and 'frame' (runs are never cut; "
-                    "default: the run is the name before '_frame_')")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ap = build_parser()
+    args, _ = parse_module_args(ap, argv)
+    if not args.annotations:
+        ap.error("give --annotations FILE (or data.annotations in --config)")
     try:
         records = load_annotation_list(args.annotations)
-        regex = re.compile(args.group_regex)
+        regex = re.compile(args.group_regex or DEFAULT_GROUP_REGEX)
         result = split_records(records, args.val_fraction, args.seed, regex, args.run_regex or None)
     except (AnnotationFileError, ValueError, re.error) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -201,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.unmatched:
         print(f"{len(result.unmatched)} file name(s) did not match the group regex (each is its own group)")
     print(f"written {out / 'train.json'} and {out / 'val.json'}")
+    if args.strict and result.unmatched:
+        print(f"strict: {len(result.unmatched)} file name(s) without a patient id, e.g. {result.unmatched[0]}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

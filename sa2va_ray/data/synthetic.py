@@ -22,7 +22,7 @@ of pixels within ``r`` of a centreline, which is exactly where the renderer put 
 
 Command line::
 
-    python -m sa2va_ray.data.synthetic --out DIR --patients P --frames F --size S --seed N
+    python -m sa2va_ray.data.synthetic [--config FILE] [--out DIR] [--patients P] [--frames F] [--size S] [--seed N]
 
 writes ``DIR/images/*.jpg`` (grayscale JPEG) and ``DIR/annotations.json``. File names look like real ones,
 ``Name(0000932433)_1-3_1_051C3E6A_frame_000011.jpg``, with fake names and ids.
@@ -30,7 +30,6 @@ writes ``DIR/images/*.jpg`` (grayscale JPEG) and ``DIR/annotations.json``. File 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sa2va_ray.cli import CliParser, module_main, module_parser, parse_module_args
 
 TEXT = "blood vessel"
 CARDIAC_PERIOD = 8
@@ -423,17 +424,21 @@ def generate_synthetic_set(
     return path
 
 
+def build_parser() -> CliParser:
+    """The CLI's parser: its flags are the ``data.synthetic`` keys, their defaults the config's."""
+    ap = module_parser("python -m sa2va_ray.data.synthetic", __doc__.split("\n")[0], config="optional")
+    ap.add_config_argument("--out", key="data.synthetic.out", help="output directory")
+    ap.add_config_argument("--patients", key="data.synthetic.patients", type=int, help="patients (vessel trees)")
+    ap.add_config_argument("--frames", key="data.synthetic.frames", type=int, help="frames per patient")
+    ap.add_config_argument("--size", key="data.synthetic.size", type=int, help="image side in pixels")
+    ap.add_config_argument("--seed", key="data.synthetic.seed", type=int, help="seed (same seed, same files)")
+    return ap
+
+
+@module_main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.synthetic", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--patients", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=3, help="frames per patient")
-    ap.add_argument("--size", type=int, default=512, help="image side in pixels")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.patients < 1 or args.frames < 1 or args.size < 32:
-        ap.error("need --patients >= 1, --frames >= 1 and --size >= 32")
+    args, _ = parse_module_args(build_parser(), argv)  # the config's checks: patients >= 2, frames >= 1, size >= 32
     t0 = time.perf_counter()
     path = generate_synthetic_set(args.out, args.patients, args.frames, args.size, args.seed)
     n = args.patients * args.frames
