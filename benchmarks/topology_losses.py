@@ -6,10 +6,11 @@ final in-training validation on the whole validation split (val/dice, val/cldice
 finished run is appended to ``--out``/runs.jsonl, so an interrupted benchmark keeps its numbers and a re-run skips
 the runs already there.
 
-    python benchmarks/topology_losses.py [--seeds 0 1 2] [--cldice-weight 1.0] [--steps 200] [--out DIR]
+    python benchmarks/topology_losses.py [--seeds 0 1 2] [--cldice-weight 0.25 1.0] [--steps 200] [--out DIR]
 
 Prints one row per variant (medians over seeds, per-seed values in brackets). Last line: ``ratio: X`` = median
-val/cldice with the clDice loss / median val/cldice of the baseline (higher is better).
+val/cldice with the clDice loss (the first ``--cldice-weight``) / median val/cldice of the baseline (higher is
+better).
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from sa2va_ray.config import load_config  # noqa: E402
 METRICS = ("val/dice", "val/cldice", "val/betti0_error", "val/recall", "val/dice_at_best_threshold")
 
 
-def variants(cldice_weight: float) -> dict[str, list[str]]:
+def variants(cldice_weights: list[float]) -> dict[str, list[str]]:
     """Variant name -> config overrides on top of configs/demo.yaml."""
-    return {
-        "baseline": [],
-        f"cldice_weight={cldice_weight:g}": [f"loss.cldice_weight={cldice_weight}"],
-        "hard_mining": ["train.hard_mining=true"],
-    }
+    out: dict[str, list[str]] = {"baseline": []}
+    out.update({f"cldice_weight={w:g}": [f"loss.cldice_weight={w}"] for w in cldice_weights})
+    out["hard_mining"] = ["train.hard_mining=true"]
+    return out
 
 
 def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path, data: Path) -> dict:
@@ -79,7 +79,7 @@ def median_of(rows: list[dict], name: str, metric: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--cldice-weight", type=float, default=1.0)
+    ap.add_argument("--cldice-weight", type=float, nargs="+", default=[0.25, 1.0])
     ap.add_argument("--steps", type=int, default=0, help="0: configs/demo.yaml's train.max_steps")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_topology"))
     args = ap.parse_args()
@@ -108,7 +108,7 @@ def main() -> None:
     print(f"\nmedians over seeds {args.seeds}, {steps} steps (demo budget), final validation on the whole val split")
     print("\n".join(table(rows, names)))
     base, cl = median_of(rows, names[0], "val/cldice"), median_of(rows, names[1], "val/cldice")
-    mined = median_of(rows, names[2], "val/cldice")
+    mined = median_of(rows, names[-1], "val/cldice")
     print(f"hard mining vs baseline, val/cldice: {mined / base:.3f}")
     print(f"ratio: {cl / base:.3f}")
 
