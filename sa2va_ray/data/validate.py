@@ -26,16 +26,17 @@ and run-level warnings that exclude nothing: ``mixed_sizes`` (the run is split p
 
 Command line::
 
-    python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json] [--run-regex R]
+    python -m sa2va_ray.data.validate --annotations FILE --images DIR [--strict] [--report OUT.json] [--run-regex R] \
+        [--config FILE] [-q]
 
 exits 0, or 1 with ``--strict`` when any record has a problem (2 when the annotations file itself is unusable:
 missing, not JSON, not a list, or an empty list). ``--model DIR`` adds the length check with that model's
-tokenizer; jobs always check with their own model.
+tokenizer; jobs always check with their own model. With ``--config FILE`` the files, ``--strict``, pseudonymisation,
+symlinks and the run regex default to the config's ``data.*`` keys.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import ImageFile
 
+from sa2va_ray.cli import CliParser, module_main, module_parser, parse_module_args
 from sa2va_ray.data.annotations import (
     PROBLEM_CODES,
     AnnotationFileError,
@@ -406,27 +408,38 @@ def load_valid_samples(
     return report.samples, report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.validate", description=__doc__.split("\n")[0])
-    ap.add_argument("--annotations", required=True, help="annotations.json in the official Sa2VA format")
-    ap.add_argument("--images", required=True, help="directory the image names are relative to")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when any record has a problem")
+def build_parser() -> CliParser:
+    """The CLI's parser: flags for ``data.*`` keys take their defaults from the config."""
+    ap = module_parser("python -m sa2va_ray.data.validate", __doc__.split("\n")[0], config="optional",
+                       strict="exit 1 when any record has a problem", strict_key="data.strict")
+    ap.add_config_argument("--annotations", key="data.annotations",
+                           help="annotations.json in the official Sa2VA format")
+    ap.add_config_argument("--images", key="data.images_dir", help="directory the image names are relative to")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--max-problems", type=int, default=20, help="problems listed in the printed report")
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     ap.add_argument("--oob-tolerance", type=float, default=DEFAULT_OOB_TOLERANCE)
-    ap.add_argument("--pseudonymise", action="store_true",
-                    help="replace patient names/ids by salted hashes in outputs (the secret salt from --salt-file or "
-                         "$SA2VA_SALT, never from the command line)")
-    ap.add_argument("--salt-file", default="", help="file whose first line is the secret salt (--pseudonymise)")
+    ap.add_config_argument("--pseudonymise", key="data.pseudonymise", action="store_true",
+                           help="replace patient names/ids by salted hashes in outputs (the secret salt from "
+                                "--salt-file or $SA2VA_SALT, never from the command line)")
+    ap.add_config_argument("--salt-file", key="data.salt_file",
+                           help="file whose first line is the secret salt (--pseudonymise)")
     ap.add_argument("--model", help="model directory or training checkpoint: also check token lengths with it")
-    ap.add_argument("--allow-symlinks-outside", action="store_true",
-                    help="accept images whose symlinks lead out of the images directory")
-    ap.add_argument("--run-regex", default="", help="regex with named groups 'run' and 'frame' (default: the run is "
-                    "the name before '_frame_', the frame number after it)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ap.add_config_argument("--allow-symlinks-outside", key="data.allow_symlinks_outside", action="store_true",
+                           help="accept images whose symlinks lead out of the images directory")
+    ap.add_config_argument("--run-regex", key="data.run_regex", help="regex with named groups 'run' and 'frame' "
+                           "(empty: the run is the name before '_frame_', the frame number after it)")
+    return ap
+
+
+@module_main
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    ap = build_parser()
+    args, _ = parse_module_args(ap, argv)
+    missing = [f for f, v in (("--annotations FILE", args.annotations), ("--images DIR", args.images)) if not v]
+    if missing:
+        ap.error(f"give {' and '.join(missing)} (or data.annotations / data.images_dir in --config)")
     salt = None
     if args.pseudonymise:
         from sa2va_ray.config import ConfigError
