@@ -6,7 +6,8 @@ final in-training validation on the whole validation split (val/dice, val/cldice
 finished run is appended to ``--out``/runs.jsonl, so an interrupted benchmark keeps its numbers and a re-run skips
 the runs already there.
 
-    python benchmarks/topology_losses.py [--seeds 0 1 2] [--cldice-weight 0.25 1.0] [--steps 200] [--out DIR]
+    python benchmarks/topology_losses.py [--seeds 0 1 2] [--cldice-weight 0.25 1.0] [--mining-threshold 0.75]
+        [--steps 200] [--out DIR]
 
 Prints one row per variant (medians over seeds, per-seed values in brackets). Last line: ``ratio: X`` = median
 val/cldice with the clDice loss (the first ``--cldice-weight``) / median val/cldice of the baseline (higher is
@@ -31,11 +32,14 @@ from sa2va_ray.config import load_config  # noqa: E402
 METRICS = ("val/dice", "val/cldice", "val/betti0_error", "val/recall", "val/dice_at_best_threshold")
 
 
-def variants(cldice_weights: list[float]) -> dict[str, list[str]]:
-    """Variant name -> config overrides on top of configs/demo.yaml."""
+def variants(cldice_weights: list[float], mining_thresholds: list[float]) -> dict[str, list[str]]:
+    """Variant name -> config overrides on top of configs/demo.yaml (``hard_mining``: the default threshold)."""
     out: dict[str, list[str]] = {"baseline": []}
     out.update({f"cldice_weight={w:g}": [f"loss.cldice_weight={w}"] for w in cldice_weights})
-    out["hard_mining"] = ["train.hard_mining=true"]
+    default = load_config(REPO / "configs/demo.yaml").train.hard_mining_threshold
+    for t in mining_thresholds:
+        name = "hard_mining" if t == default else f"hard_mining@{t:g}"
+        out[name] = ["train.hard_mining=true", f"train.hard_mining_threshold={t}"]
     return out
 
 
@@ -80,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cldice-weight", type=float, nargs="+", default=[0.25, 1.0])
+    ap.add_argument("--mining-threshold", type=float, nargs="+", default=[0.75],
+                    help="train.hard_mining_threshold of each hard-mining variant")
     ap.add_argument("--steps", type=int, default=0, help="0: configs/demo.yaml's train.max_steps")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_topology"))
     args = ap.parse_args()
@@ -89,7 +95,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    todo = variants(args.cldice_weight)
+    todo = variants(args.cldice_weight, args.mining_threshold)
     from sa2va_ray.cli import init_ray
 
     init_ray()
@@ -108,7 +114,7 @@ def main() -> None:
     print(f"\nmedians over seeds {args.seeds}, {steps} steps (demo budget), final validation on the whole val split")
     print("\n".join(table(rows, names)))
     base, cl = median_of(rows, names[0], "val/cldice"), median_of(rows, names[1], "val/cldice")
-    mined = median_of(rows, names[-1], "val/cldice")
+    mined = median_of(rows, names[1 + len(args.cldice_weight)], "val/cldice")
     print(f"hard mining vs baseline, val/cldice: {mined / base:.3f}")
     print(f"ratio: {cl / base:.3f}")
 
