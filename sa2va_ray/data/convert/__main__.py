@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m sa2va_ray.data.convert --from labelme|coco|masks --input PATH [--images DIR] --out DIR [--strict]
+    python -m sa2va_ray.data.convert --from labelme|coco|masks --input PATH [--images DIR] --out DIR [--strict] [-q]
 
 writes ``DIR/annotations.json``, ``DIR/images/`` (copies; ``--link hardlink|symlink``) and
 ``DIR/convert_report.json``, prints the conversion report (every dropped shape named with its reason and fix,
@@ -13,9 +13,9 @@ with ``--strict`` when anything was dropped or a written record is invalid.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from sa2va_ray.cli import CliParser, module_main, module_parser, parse_module_args
 from sa2va_ray.data.annotations import AnnotationFileError
 from sa2va_ray.data.convert.common import (
     DEFAULT_MIN_IOU,
@@ -37,17 +37,17 @@ EXAMPLES = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The converter's argument parser."""
-    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.data.convert", description=__doc__.split("\n")[0],
-                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CliParser:
+    """The converter's argument parser (the shared one: --strict, -q, one-line usage errors)."""
+    ap = module_parser("python -m sa2va_ray.data.convert", __doc__.split("\n")[0],
+                       strict="exit 2 when anything was dropped or is invalid", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="input format")
     ap.add_argument("--input", required=True,
                     help="LabelMe: the folder of .json files; COCO: the .json file; masks: the folder of masks")
     ap.add_argument("--images", default="", help="folder of the images (default: LabelMe/COCO the input's folder, "
                     "masks 'images' beside the masks folder)")
     ap.add_argument("--out", required=True, help="output folder: annotations.json, images/, convert_report.json")
-    ap.add_argument("--strict", action="store_true", help="exit 2 when anything was dropped or is invalid")
     ap.add_argument("--link", choices=LINK_MODES, default="copy", help="how images get into OUT/images")
     ap.add_argument("--drop-unmapped", action="store_true",
                     help="drop (and report) shapes whose label has no text instead of stopping")
@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@module_main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args, _ = parse_module_args(build_parser(), argv)
     mapping_flags = {"labelme": "--label-map", "coco": "--category-text", "masks": "--label-text"}
     try:
         given = {f for f, v in (("--label-map", args.label_map), ("--category-text", args.category_text),
