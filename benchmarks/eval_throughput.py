@@ -1,7 +1,8 @@
 """Evaluation throughput: the Ray Data pipeline vs a sequential per-image ``predict`` loop (how the user evaluated).
 
-Same tiny model (saved once, loaded from disk by both sides), same synthetic images, same metrics per image
-(overlap + vessel metrics).
+Same tiny model (saved once, loaded from disk by both sides), same synthetic images, same work per image: the
+probability map, overlap + vessel metrics, the mask hash and the threshold curve with clDice per threshold (what the
+predictor actors compute for ``threshold_curve.csv``).
 
 * Sequential: a fresh Python process (what ``python my_eval.py`` costs) imports the model code, loads the model and
   loops: read an image, ``model.predict([image], [text])``, score it, one image at a time.
@@ -36,23 +37,35 @@ from sa2va_ray.config import load_config  # noqa: E402
 
 
 def run_sequential_worker(model_dir: str, annotations: str, images_dir: str, n: int) -> None:
-    """Body of the sequential process: import, load, loop; prints the loop seconds as JSON."""
+    """Body of the sequential process: import, load, loop; prints the loop seconds as JSON.
+
+    Per image it does what a predictor actor does per row: probabilities at the model's threshold, the overlap and
+    vessel metrics, the mask hash and the threshold curve with clDice per threshold (``threshold_curve.csv``).
+    """
     import numpy as np
     from PIL import Image
 
     from sa2va_ray.data.annotations import load_image, rasterize_polygons
     from sa2va_ray.data.validate import load_valid_samples
     from sa2va_ray.evaluate.metrics import compute_sample_metrics
+    from sa2va_ray.evaluate.table import hash_mask
+    from sa2va_ray.evaluate.threshold import sample_curve
     from sa2va_ray.model import Sa2VAModel
+    from sa2va_ray.model.postprocess import model_threshold
 
     samples, _ = load_valid_samples(annotations, images_dir)
     model = Sa2VAModel.from_pretrained(model_dir).eval()
+    threshold = model_threshold(model)
     t0 = time.perf_counter()
     for s in samples[:n]:
         image = load_image(Path(images_dir) / s.image)
         gt = rasterize_polygons(s.masks[0], image.height, image.width)
-        pred = model.predict([Image.fromarray(np.asarray(image))], [s.texts[0]])[0]
+        prob = model.predict([Image.fromarray(np.asarray(image))], [s.texts[0]], threshold=threshold,
+                             return_probs=True)[0].prob
+        pred = prob > threshold
         compute_sample_metrics(pred[None], gt[None], vessel=True)
+        hash_mask(pred)
+        sample_curve(prob, gt, with_cldice=True)
     print(json.dumps({"loop_seconds": time.perf_counter() - t0}))
 
 
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Idle OpenMP threads sleep instead of spinning, on both sides (set before Ray starts, so its workers inherit it).
+    # On a shared machine whose load exceeds its cores, a spinning torch thread pool makes the sequential side (two
+    # threads) 20-30x slower while the actors (one thread each) barely notice: the ratio would measure the load.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
 
     from sa2va_ray.data.synthetic import generate_synthetic_set
@@ -121,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = collect_eval_inputs(cfg)
     inputs.samples = inputs.samples[: args.images]
     n = len(inputs.samples)
-    print(f"{n} images of {args.size}x{args.size}, tiny Sa2VA, {os.cpu_count()} CPU cores", flush=True)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{n} images of {args.size}x{args.size}, tiny Sa2VA, {os.cpu_count()} CPU cores (load average {load}), "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
