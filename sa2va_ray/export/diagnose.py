@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sa2va_ray.checkpoint.layout import CONFIG_FILE, STATE_FILE, TRAINABLE_FILE, is_training_checkpoint
+from sa2va_ray.cli import CliParser, module_main, module_parser, parse_module_args
 from sa2va_ray.export.exporter import TRAIN_CONFIG_FILE
 from sa2va_ray.model.fingerprint import compute_fingerprint, read_fingerprint
 from sa2va_ray.model.groups import module_group
@@ -231,24 +232,25 @@ def describe_run(run_dir: str | Path, source: str = "auto") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m sa2va_ray.export.diagnose", description=__doc__.split("\n")[0])
+def build_parser() -> CliParser:
+    """The CLI's parser (the shared one: --config, -q, one-line usage errors); --source is ``export.source``."""
+    ap = module_parser("python -m sa2va_ray.export.diagnose", __doc__.split("\n")[0], config="optional")
     ap.add_argument("paths", nargs="*", help="one or two model directories or training checkpoints")
     ap.add_argument("--base", help="base model/checkpoint to measure how far A moved from ('own': A's own base)")
     ap.add_argument("--run", help="a run directory: movement between its consecutive checkpoints")
-    ap.add_argument("--source", default="auto", choices=("auto", "safetensors", "deepspeed"),
-                    help="checkpoints: read trainable.safetensors (auto, when present) or rebuild from the shards")
-    args = ap.parse_args(argv)
+    ap.add_config_argument("--source", key="export.source", help="checkpoints: auto|safetensors|deepspeed: read "
+                           "trainable.safetensors (auto, when present) or rebuild from the shards")
+    return ap
+
+
+@module_main
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; a checkpoint refused or unreadable is one line naming the file and exit 2."""
+    ap = build_parser()
+    args, _ = parse_module_args(ap, argv)
     if not args.run and (not 1 <= len(args.paths) <= 2 or (args.base and len(args.paths) == 2)):
         ap.error("give one path (optionally with --base), two paths, or --run DIR")
-    from sa2va_ray.checkpoint.safety import CheckpointReadError, UnsafeCheckpointError
-
-    try:
-        return _run(args)
-    except (UnsafeCheckpointError, CheckpointReadError) as e:  # one line naming the file; nothing of it ran
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
