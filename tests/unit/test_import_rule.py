@@ -94,28 +94,65 @@ def test_data_tools_import_neither_torch_nor_transformers():
     assert _run(code).stdout.strip() == "[]"
 
 
-def _package_imports() -> dict[str, dict[str, list[str]]]:
-    """package -> imported package -> the modules that import it; every import statement counts, lazy ones in
-    functions too (an import inside a function is still a dependency, only a later one)."""
-    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    graph: dict[str, dict[str, list[str]]] = {p: {} for p in packages}
+def _module_imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports. Every import statement counts, lazy ones in functions too: an
+    import inside a function is still a dependency, only a later one."""
+    files = {}
     for file in sorted(PACKAGE.rglob("*.py")):
-        parts = file.relative_to(PACKAGE).with_suffix("").parts
-        if parts[0] not in packages:
-            continue  # root modules (config, cli) are not packages
-        module = ".".join(("sa2va_ray", *parts))
+        parts = ("sa2va_ray", *file.relative_to(PACKAGE).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+
+    def resolve(name: str) -> str:  # sa2va_ray.model.lora.POLICY_GROUPS -> sa2va_ray.model.lora
+        while name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for module, file in files.items():
+        graph[module] = set()
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "sa2va_ray"]
+                names = [f"{node.module}.{a.name}" for a in node.names]
             else:
                 continue
-            for name in names:
-                target = name.split(".")[1] if name.startswith("sa2va_ray.") else ""
-                if target in packages and target != parts[0]:
-                    graph[parts[0]].setdefault(target, []).append(module)
+            graph[module] |= {resolve(n) for n in names if n.startswith("sa2va_ray.")} - {module, "sa2va_ray"}
     return graph
+
+
+def _package_imports() -> dict[str, dict[str, list[str]]]:
+    """package -> imported package -> the modules that import it (root modules such as config and cli aside)."""
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else ""
+
+    graph: dict[str, dict[str, list[str]]] = {}
+    for module, targets in _module_imports().items():
+        if src := package(module):
+            graph.setdefault(src, {})
+            for dst in {package(t) for t in targets} - {"", src}:
+                graph[src].setdefault(dst, []).append(module)
+    return graph
+
+
+def _find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of the directed graph, as the path that closes it, or None."""
+    done: set[str] = set()
+
+    def circle_from(path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt in path:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in done and (circle := circle_from([*path, nxt])):
+                return circle
+        done.add(path[-1])
+        return None
+
+    for start in sorted(graph):
+        if start not in done and (circle := circle_from([start])):
+            return circle
+    return None
 
 
 def test_no_two_packages_import_each_other():
@@ -125,7 +162,7 @@ def test_no_two_packages_import_each_other():
     found = []
     for a, targets in sorted(graph.items()):
         for b in sorted(targets):
-            if a < b and a in graph[b] and frozenset((a, b)) not in PACKAGE_CYCLES_ALLOWED:
+            if a < b and a in graph.get(b, {}) and frozenset((a, b)) not in PACKAGE_CYCLES_ALLOWED:
                 found.append(f"{a} <-> {b}: {sorted(set(targets[b]))} import {b}; {sorted(set(graph[b][a]))} "
                              f"import {a}")
     assert not found, "packages importing each other:\n" + "\n".join(found)
@@ -135,17 +172,14 @@ def test_packages_form_no_longer_circle():
     """No a -> b -> c -> a either: the packages are layered (allowed pairs aside)."""
     allowed = PACKAGE_CYCLES_ALLOWED
     graph = {a: {b for b in t if frozenset((a, b)) not in allowed} for a, t in _package_imports().items()}
-    done: set[str] = set()
+    circle = _find_circle(graph)
+    assert circle is None, "packages import each other in a circle: " + " -> ".join(circle)
 
-    def circle_from(path: list[str]) -> list[str] | None:
-        for nxt in sorted(graph[path[-1]]):
-            if nxt in path:
-                return [*path[path.index(nxt):], nxt]
-            if nxt not in done and (circle := circle_from([*path, nxt])):
-                return circle
-        done.add(path[-1])
-        return None
 
-    for start in sorted(graph):
-        circle = None if start in done else circle_from([start])
-        assert circle is None, "packages import each other in a circle: " + " -> ".join(circle)
+def test_no_module_import_circle():
+    """Modules too, root ones included (config <- cli <- the CLIs): e.g. config must not import data.split, whose CLI
+    reads its defaults from the config."""
+    graph = _module_imports()
+    assert "sa2va_ray.config" in graph["sa2va_ray.cli"]  # the scan sees imports
+    circle = _find_circle(graph)
+    assert circle is None, "modules import each other in a circle: " + " -> ".join(circle)
