@@ -15,7 +15,6 @@ ranks, no GPU); auto reads trainable.safetensors and cross-checks it against the
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,23 +24,16 @@ from sa2va_ray.checkpoint.integrity import check_model_path  # noqa: E402
 from sa2va_ray.cli import job_main, parse_job_args  # noqa: E402
 
 
-def _split_source(argv: list[str] | None) -> tuple[str, list[str]]:
-    """``--source X`` is this job's own flag; everything else goes to the shared job parser."""
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--source", choices=("auto", "safetensors", "deepspeed"), default=None)
-    known, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return known.source, rest
-
-
 @job_main
 def main(argv: list[str] | None = None) -> int:
-    source, rest = _split_source(argv)
-    cfg, _ = parse_job_args(__doc__.splitlines()[0], rest)
+    cfg, _ = parse_job_args(__doc__.splitlines()[0], argv, add_arguments=lambda ap: ap.add_config_argument(
+        "--source", key="export.source", choices=("auto", "safetensors", "deepspeed"),
+        help="where the trained tensors come from"))
     from sa2va_ray.checkpoint.layout import is_training_checkpoint
     from sa2va_ray.export.exporter import export_checkpoint
     from sa2va_ray.model.fingerprint import read_fingerprint
 
-    source = source or getattr(cfg.export, "source", "auto") or "auto"
+    source = cfg.export.source
     checkpoint = cfg.export.checkpoint or cfg.model.path
     if not checkpoint:
         print("export: give the checkpoint as model.path=DIR or export.checkpoint=DIR", file=sys.stderr)
