@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from sa2va_ray.config import load_config  # noqa: E402
 
 METRICS = ("val/dice", "val/cldice", "val/betti0_error", "val/recall", "val/dice_at_best_threshold")
+SHOWN = 4  # metrics in the printed table (all of METRICS are in runs.jsonl)
 
 
 def variants(cldice_weights: list[float], mining_thresholds: list[float]) -> dict[str, list[str]]:
@@ -63,15 +64,15 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path, d
 
 def table(rows: list[dict], names: list[str]) -> list[str]:
     """One line per variant: the median of each metric over seeds, the per-seed values in brackets."""
-    lines = [f"{'variant':<22}" + "".join(f"{m:>34}" for m in METRICS[:3]) + f"{'runs':>6}"]
+    lines = [f"{'variant':<20}" + "".join(f"{m:>31}" for m in METRICS[:SHOWN]) + f"{'runs':>5}"]
     for name in names:
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["seed"])
         cells = []
-        for m in METRICS[:3]:
+        for m in METRICS[:SHOWN]:
             values = [r[m] for r in mine if m in r]
             each = ", ".join(f"{v:.3f}" for v in values)
             cells.append(f"{statistics.median(values):.4f} [{each}]" if values else "n/a")
-        lines.append(f"{name:<22}" + "".join(f"{c:>34}" for c in cells) + f"{len(mine):>6}")
+        lines.append(f"{name:<20}" + "".join(f"{c:>31}" for c in cells) + f"{len(mine):>5}")
     return lines
 
 
