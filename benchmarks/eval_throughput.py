@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     # On a shared machine whose load exceeds its cores, a spinning torch thread pool makes the sequential side (two
     # threads) 20-30x slower while the actors (one thread each) barely notice: the ratio would measure the load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Ray starts its workers at nice 15 (RAY_worker_niceness) so its control plane stays responsive; the sequential
+    # process runs at nice 0. Alone on a machine that changes nothing, but on a shared one the actors then lose the
+    # cores to every other process while the sequential side keeps them. Both sides at the same priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     from sa2va_ray.data.synthetic import generate_synthetic_set
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(inputs.samples)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{n} images of {args.size}x{args.size}, tiny Sa2VA, {os.cpu_count()} CPU cores (load average {load}), "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, RAY_worker_niceness={os.environ['RAY_worker_niceness']}",
+          flush=True)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
