@@ -275,6 +275,14 @@ def planner_predictions(cfg: Config, tflops: float, mfu: float, mem_gbs: float, 
 # ---------------------------------------------------------------- driver
 
 
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def run_config(path: Path, args, extra: list[str]) -> tuple[dict, dict, Config]:
     """Measure one config (in this process for one rank, under torchrun for several) and ask the planner."""
     cfg = load_config(path, extra)
@@ -290,8 +298,8 @@ def run_config(path: Path, args, extra: list[str]) -> tuple[dict, dict, Config]:
     flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-repeats", str(args.eval_repeats),
              "--new-tokens", str(args.new_tokens)]
     if not cfg.scaling.use_gpu:  # the tiny CPU run: one rank, in this process
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"), RANK="0",
-                          LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT") or _free_port(),
+                          RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         # One process group of one rank serves every config of the run (DeepSpeed caches its groups).
         measured = measure_train_per_rank(cfg, args.steps, args.warmup)
         measured.update(measure_eval(cfg, args.eval_repeats, args.new_tokens))
