@@ -85,10 +85,12 @@ def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
             log.warning("eval.num_actors=%d but %d GPU(s) are free now; starting with what is free", n, free)
         return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=max(1, min(n, free)),
                                           max_tasks_in_flight_per_actor=2), 1.0, 1.0
-    # CPU only: leave one CPU to the decode tasks so the pipeline cannot starve itself. On a small machine the
-    # actors' model imports compete for the cores, so fewer actors reach their first batch sooner.
+    # CPU only: the actors decode their own batches (no decode tasks, see run_eval_pipeline), so they share every
+    # CPU between them; Ray gives each floor(its CPUs) torch threads (OMP_NUM_THREADS). Each actor pays its own
+    # imports and model load (~5 CPU-seconds for the tiny model): on a small machine and a small set, fewer actors
+    # (eval.num_actors) reach the end sooner (docs/scaling.md).
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_actor = max(0.1, min(1.0, (cpus - 2 * DECODE_CPUS_CPU_ONLY) / n))
+    per_actor = max(0.1, cpus / n)
     # One batch in flight per actor: a CPU actor is busy for seconds per batch, and a queue on one actor while
     # another idles (seen on a two-node cluster) costs far more than the prefetch it would buy.
     return ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), per_actor, 0.0
@@ -110,7 +112,7 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     """
     import ray
 
-    from sa2va_ray.data.ray_source import build_ray_dataset
+    from sa2va_ray.data.ray_source import DecodeThen, build_ray_dataset, build_record_dataset
 
     n_rows = sum(len(s.texts) for s in inputs.samples)
     if n_rows == 0:
@@ -147,16 +149,23 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
                                 offload=cfg.eval.sequence_offload)
         what = f"{len(items)} items (runs x texts, in chunks of <= {cfg.eval.sequence_chunk or 'all'} frames)"
     else:
-        ds = build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
-                               allow_symlinks_outside=cfg.data.allow_symlinks_outside)
+        # With GPUs, decode tasks on the CPUs keep the GPUs fed. CPU only, the actors decode their own batches
+        # (DecodeThen below): decode tasks would take the same cores, and images and masks would make a round
+        # trip through the object store (docs/scaling.md).
+        ds = (build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
+                                allow_symlinks_outside=cfg.data.allow_symlinks_outside) if cfg.scaling.use_gpu
+              else build_record_dataset(inputs.samples))
         predictor, batch_size, what = Sa2VAPredictor, cfg.eval.batch_size, f"batch size {cfg.eval.batch_size}"
         predictor_kwargs.update(tta=cfg.eval.tta, probs_dir=str(probs_dir) if probs_dir else None,
                                 probs_key=secrets.token_hex(16))  # the key of the file names dies with the run
     ds.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    decode_in_actors = cfg.eval.mode != "sequence" and not cfg.scaling.use_gpu
     ds = ds.map_batches(
-        predictor,
-        fn_constructor_kwargs=predictor_kwargs,
-        batch_size=batch_size,
+        DecodeThen if decode_in_actors else predictor,
+        fn_constructor_kwargs=dict(fn=predictor, fn_kwargs=predictor_kwargs, images_dir=str(inputs.images_dir),
+                                   on_error="keep", allow_symlinks_outside=cfg.data.allow_symlinks_outside,
+                                   rows_per_call=batch_size) if decode_in_actors else predictor_kwargs,
+        batch_size=batch_size,  # records when the actors decode: rows_per_call keeps the predictor's batches
         batch_format="numpy",
         compute=compute,
         num_cpus=cpus,
