@@ -182,9 +182,12 @@ class TreeCpuMonitor:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        # Watching our own process tree (the Ray side), this thread's own reading of /proc is not the training's.
+        own = self.root == os.getpid()
         while not self._stop.is_set():
             steps = max(0, _count_lines(self.steps_file) - self.offset)
-            self.samples.append((time.perf_counter(), _tree_cpu_seconds(self.root), steps))
+            cpu = _tree_cpu_seconds(self.root) - (time.thread_time() if own else 0.0)
+            self.samples.append((time.perf_counter(), cpu, steps))
             self._stop.wait(self.period)
 
     def __enter__(self) -> TreeCpuMonitor:
