@@ -3,11 +3,14 @@
 Work per record: decode the 512 x 512 JPEG, rasterise its polygons at the target size, resize to 448 and
 normalise (ImageNet mean/std, float32 CHW). The loop calls ``decode_rows`` + normalise in this process; the
 Ray side runs ``build_ray_dataset(..., size=448).map_batches(normalise)`` on a local Ray with ``--cpus`` CPUs and
-iterates the batches on the driver, as a trainer's ingest would. Ray start-up and a warm-up pass are excluded.
+iterates the batches on the driver, as a trainer's ingest would. Ray start-up and a warm-up pass are excluded. The
+sides alternate ``--repeats`` times (a change of machine load hits both alike) and medians are compared; Ray's
+workers run at the loop's priority (``RAY_worker_niceness=0``; Ray's default, nice 15, hands a shared machine's cores
+to every other process).
 
-    python benchmarks/data_throughput.py [--patients 12] [--frames 16] [--cpus 2]
+    python benchmarks/data_throughput.py [--patients 12] [--frames 16] [--cpus 2] [--repeats 3]
 
-The last line is ``ratio: X`` = (Ray records/s) / (loop records/s); higher is better.
+The last line is ``ratio: X`` = (Ray records/s) / (loop records/s), medians; higher is better.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,14 +78,14 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--size", type=int, default=448, help="preprocessed size")
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")
     with tempfile.TemporaryDirectory() as tmp:
         ann = generate_synthetic_set(Path(tmp), args.patients, args.frames, args.image_size, seed=0)
         images = ann.parent / "images"
         samples, _ = load_valid_samples(ann, images, strict=True)
-        n_loop, t_loop = run_loop(samples, images, args.size)
-
         import ray
 
         ray.init(
@@ -95,15 +99,22 @@ def main() -> None:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         run_ray(samples[: 2 * args.cpus], images, args.size)  # warm-up: start the workers
-        n_ray, t_ray = run_ray(samples, images, args.size)
+        loop_rates, ray_rates = [], []
+        for r in range(args.repeats):
+            n_loop, t_loop = run_loop(samples, images, args.size)
+            n_ray, t_ray = run_ray(samples, images, args.size)
+            assert n_loop == n_ray == len(samples), (n_loop, n_ray, len(samples))
+            loop_rates.append(n_loop / t_loop)
+            ray_rates.append(n_ray / t_ray)
+            print(f"run {r + 1}: loop {loop_rates[-1]:.1f} records/s, ray data {ray_rates[-1]:.1f} records/s "
+                  f"({ray_rates[-1] / loop_rates[-1]:.2f})", flush=True)
         ray.shutdown()
-    assert n_loop == n_ray == len(samples), (n_loop, n_ray, len(samples))
-    loop_rate, ray_rate = n_loop / t_loop, n_ray / t_ray
+    loop_rate, ray_rate = statistics.median(loop_rates), statistics.median(ray_rates)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"records: {len(samples)} at {args.image_size}x{args.image_size} -> {args.size}x{args.size}")
     print(f"machine: {os.cpu_count()} CPUs, load average {load} (other processes slow both sides)")
-    print(f"loop (1 process):     {loop_rate:8.1f} records/s  ({t_loop:.2f} s)")
-    print(f"ray data ({args.cpus} CPUs):    {ray_rate:8.1f} records/s  ({t_ray:.2f} s)")
+    print(f"loop (1 process):     {loop_rate:8.1f} records/s  (median of {args.repeats})")
+    print(f"ray data ({args.cpus} CPUs):    {ray_rate:8.1f} records/s  (median of {args.repeats})")
     print(f"ratio: {ray_rate / loop_rate:.2f}")
 
 
