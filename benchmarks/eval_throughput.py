@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, RAY_worker_niceness={os.environ['RAY_worker_niceness']}",
           flush=True)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)  # its own Ray
     ray.data.DataContext.get_current().enable_progress_bars = False
     seq, seq_loop, pipe, steady = [], [], [], []
     for r in range(args.repeats):  # interleaved, so that a change of machine load hits both sides alike
