@@ -1,4 +1,4 @@
-"""Batch evaluation with Ray Data: records → decode (CPU tasks) → predictor actors → per-sample table → reports.
+"""Batch evaluation with Ray Data: records → decode → predictor actors → per-sample table → reports.
 
 This module is the Ray wiring and the order of the outputs. What is evaluated is prepared in one pass by
 :mod:`~sa2va_ray.evaluate.inputs`; the table (columns, error rows, pseudonymisation, writing) is
@@ -7,11 +7,12 @@ This module is the Ray wiring and the order of the outputs. What is evaluated is
 
 * records that fail validation get ``status=error`` rows (``error_code`` = the first problem code, ``error`` = every
   problem's message); a record whose texts cannot be parsed gets one row with an empty text;
-* an image that fails to decode in the Ray task becomes a ``decode_error`` row;
+* an image that fails to decode (in a decode task with GPUs, in the predictor actor on CPU-only clusters) becomes a
+  ``decode_error`` row;
 * a batch whose prediction throws is retried per sample (:class:`~sa2va_ray.evaluate.predictor.Sa2VAPredictor`);
 * a sample the pipeline never returns becomes a ``pipeline_error`` row.
 
-Multi-node: the decode tasks and the actors run on any node, so ``data.images_dir`` must be a path every node can
+Multi-node: decoding and the actors run on any node, so ``data.images_dir`` must be a path every node can
 read (shared filesystem). The driver gathers only scalar rows, plus the bit-packed masks of the ≤ 3k samples kept
 for overlays (:class:`~sa2va_ray.evaluate.overlays.OverlaySelector`).
 """
@@ -67,8 +68,6 @@ class EvalResult:
     """The set's threshold curve (:func:`~sa2va_ray.evaluate.threshold.set_curve`); None when nothing was scored."""
 
 
-DECODE_CPUS_CPU_ONLY = 0.5
-"""CPUs per decode task when the actors run on CPUs too (two decodes share one core beside the actors)."""
 ACTOR_START_TIMEOUT_S = 900
 """Seconds Ray Data waits for every predictor actor to load its model (an 8B one from a network disk is slow)."""
 
@@ -126,7 +125,6 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
     # manages actor locality internally"), and its default actor placement is already SPREAD over the nodes.
     actor_cfg = config_to_dict(cfg)
     actor_cfg["model"]["path"] = absolute_path(cfg.model.path)
-    decode_cpus = 1.0 if cfg.scaling.use_gpu else DECODE_CPUS_CPU_ONLY
     predictor_kwargs = {
         "config": actor_cfg,
         "mode": cfg.eval.mode,
@@ -152,7 +150,7 @@ def run_eval_pipeline(cfg: Config, inputs: EvalInputs, selector: OverlaySelector
         # With GPUs, decode tasks on the CPUs keep the GPUs fed. CPU only, the actors decode their own batches
         # (DecodeThen below): decode tasks would take the same cores, and images and masks would make a round
         # trip through the object store (docs/scaling.md).
-        ds = (build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=decode_cpus,
+        ds = (build_ray_dataset(inputs.samples, inputs.images_dir, on_error="keep", num_cpus=1.0,
                                 allow_symlinks_outside=cfg.data.allow_symlinks_outside) if cfg.scaling.use_gpu
               else build_record_dataset(inputs.samples))
         predictor, batch_size, what = Sa2VAPredictor, cfg.eval.batch_size, f"batch size {cfg.eval.batch_size}"
