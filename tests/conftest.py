@@ -72,8 +72,12 @@ def ray_cluster(ray_auth_token):
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=180)
     address = f"127.0.0.1:{port}"
+    # RAY_ADDRESS in the cluster's own environment: its workers inherit it, so Ray's internals that resolve "auto"
+    # (Train's PlacementGroupCleaner, the state API) find this cluster, not a stale /tmp/ray/ray_current_cluster
+    # another Ray on the machine left behind (seen: the cleaner timed out, trials' placement groups leaked, a sweep
+    # waited forever for a CPU).
+    subprocess.run(cmd, check=True, env=dict(env, RAY_ADDRESS=address), capture_output=True, text=True, timeout=180)
     cluster = RayCluster(address=address, dashboard=f"http://127.0.0.1:{dash}", env=dict(env, RAY_ADDRESS=address))
     os.environ["RAY_ADDRESS"] = address
     ray.init(address=address)
