@@ -89,7 +89,10 @@ def _actor_layout(cfg: Config, n_rows: int) -> tuple[Any, float, float]:
     # imports and model load (~5 CPU-seconds for the tiny model): on a small machine and a small set, fewer actors
     # (eval.num_actors) reach the end sooner (docs/scaling.md).
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_actor = max(0.1, cpus / n)
+    # ... but never more than one node has: an actor must fit on a node (three 1-CPU nodes, two actors: 1 CPU each,
+    # not 1.5 that no node can hold, which left the pool waiting for ACTOR_START_TIMEOUT_S).
+    node_cpus = [float(nd.get("Resources", {}).get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")]
+    per_actor = max(0.1, min(cpus / n, max(node_cpus, default=cpus)))
     # One batch in flight per actor: a CPU actor is busy for seconds per batch, and a queue on one actor while
     # another idles (seen on a two-node cluster) costs far more than the prefetch it would buy.
     return ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), per_actor, 0.0

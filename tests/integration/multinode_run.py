@@ -56,7 +56,8 @@ def main(synthetic: str, out: str) -> int:
     Path(out, "nodes.json").write_text(json.dumps(nodes))
     from ray._private.state import actors  # GCS actor table (dead actors included); needs no dashboard
 
-    predictors = [a["Address"]["NodeID"] for a in actors().values() if "Sa2VAPredictor" in a.get("ActorClassName", "")]
+    predictors = [a["Address"]["NodeID"] for a in actors().values()  # CPU-only: the predictor decodes its own batches
+                  if any(n in a.get("ActorClassName", "") for n in ("Sa2VAPredictor", "DecodeThen"))]
     Path(out, "predictor_nodes.json").write_text(json.dumps(predictors))
     ray.shutdown()
     cluster.shutdown()
