@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -116,5 +115,3 @@ def describe_failures(inputs: EvalInputs) -> list[str]:
     """One line per file that cannot be used (for ``--strict``)."""
     return [inputs.hide(str(r["error"])) for r in inputs.failed_rows]
 
-
-__all__: list[Any] = ["collect_folder", "run_prediction", "describe_failures"]

@@ -7,23 +7,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sa2va_ray.checkpoint.load import build_checkpoint_model, load_checkpoint_config
 from sa2va_ray.export.exporter import export_checkpoint
 from sa2va_ray.model.postprocess import POSTPROCESS_FILE, PostprocessError, read_postprocess, write_postprocess
-from tests.unit.export.test_export_unit import make_checkpoint
+from tests.unit.export.test_export_unit import make_checkpoint, one_torch_thread  # noqa: F401 (autouse fixture)
 
 CHOICE = {"threshold": 0.35, "metric": "dice", "value": 0.8, "value_at_default": 0.7,
           "chosen_on": {"split": "val", "samples_sha": "abc"}}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_threshold_travels_through_checkpoint_export_adapter_and_official(tmp_path):
